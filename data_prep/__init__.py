@@ -1,0 +1,1 @@
+"""Raw LiDAR scans -> TFDS-loadable TFRecord range images with weak labels."""
