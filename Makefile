@@ -20,5 +20,17 @@ $(STAMP): setup.cfg pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
+# Synthetic scans -> TFRecords at 0.1% labels -> train the demo config -> per-class table.
+demo: $(STAMP)
+	$(PY) -m data_prep --dataset synthetic --raw-dir $(DEMO_DATA)/raw --out-dir $(DEMO_DATA)/tfds \
+	  --label-ratio 0.001 --workers 2
+	$(PY) -m coarse3d_jax.main --config configs/demo.py --workdir $(DEMO_WORKDIR) \
+	  --config.data_dir=$(DEMO_DATA)/tfds
+
+benchmarks: $(STAMP)
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_models.py
+	$(PY) benchmarks/bench_data_prep.py
+
 clean:
 	rm -rf $(DEMO_DATA) $(DEMO_WORKDIR)

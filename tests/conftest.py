@@ -26,3 +26,15 @@ def sample_dir() -> pathlib.Path:
   if not (path / "sequences" / "00" / "velodyne").is_dir():
     pytest.skip(f"COARSE3D_SAMPLE_DIR={path} holds no sequences/00/velodyne")
   return path
+
+
+def pytest_configure(config):
+  """Reuse compiled programs across tests (and test runs) that build identical computations."""
+  del config
+  import jax  # pylint: disable=g-import-not-at-top
+  cache = os.environ.get("COARSE3D_TEST_JAX_CACHE",
+                         os.path.join(os.path.dirname(__file__), "..", ".jax_test_cache"))
+  os.environ["COARSE3D_TEST_JAX_CACHE"] = os.path.abspath(cache)  # For subprocesses too.
+  jax.config.update("jax_compilation_cache_dir", os.path.abspath(cache))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

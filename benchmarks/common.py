@@ -1,0 +1,89 @@
+"""Shared pieces of the benchmark scripts: random inputs, step builders, timing, machine name."""
+import platform
+import time
+
+import jax
+import numpy as np
+
+from configs import default
+from coarse3d_jax import datasets
+from coarse3d_jax import train
+
+
+def machine() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      name = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    name = platform.processor() or platform.machine()
+  dev = jax.devices()[0]
+  where = dev.device_kind if dev.platform != "cpu" else f"CPU ({name})"
+  return f"{where}, {jax.local_device_count()} local device(s)"
+
+
+def fake_stats(num_classes: int, height: int, width: int) -> dict:
+  counts = np.linspace(1000, 10, num_classes).astype(int).tolist()
+  counts[0] = 0
+  split = {"mean": [0.0] * 5, "std": [1.0] * 5, "weak_class_counts": counts}
+  return {"height": height, "width": width, "splits": {"train": split}}
+
+
+def random_batch(args, num_classes: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """Range images with ~90% valid pixels and `label_fraction` weakly labeled pixels."""
+  b, h, w = args.batch, args.height, args.width
+  image = rng.normal(size=(b, h, w, 5)).astype(np.float32)
+  valid = rng.random((b, h, w)) < 0.9
+  image[..., 0] = np.where(valid, rng.uniform(1, 50, (b, h, w)), -1)
+  label = np.where(valid, rng.integers(1, num_classes, (b, h, w)), 0).astype(np.uint8)
+  weak = np.where(rng.random((b, h, w)) < args.label_fraction, label, 0).astype(np.uint8)
+  n = h * w
+  rows, cols = np.divmod(np.tile(np.arange(n), (b, 1)), w)
+  return {"range_image": image, "label": label, "weak_label": weak,
+          "points": np.zeros((b, n, 4), np.float32), "point_label": label.reshape(b, n),
+          "point_row": rows.astype(np.int32), "point_col": cols.astype(np.int32),
+          "num_points": np.full((b,), n, np.int32), "example_valid": np.ones((b,), bool)}
+
+
+def bench_config(row: str, args):
+  config = default.get_config()
+  config.model.name, config.model.width, config.model.dtype = (
+      args.model, args.model_width, args.dtype)
+  config.batch_size = config.eval_batch_size = args.batch
+  config.augment.mode = "none"
+  config.contrast.enabled = row == "coarse3d"
+  config.contrast.warmup_steps = 0
+  return config
+
+
+def build(row: str, args):
+  """(step function, initial state or variables, global batch, scans per call) for a row."""
+  config = bench_config(row, args)
+  info = datasets.get_info("semantickitti")
+  settings = train.make_settings(config, info, fake_stats(info.num_classes, args.height,
+                                                          args.width), steps_per_epoch=100)
+  tx, schedule = train.make_optimizer(config, 100, 10_000)
+  setup = train.Setup(config=config, info=info, builder=None, mesh=train.make_mesh(),
+                      model=train.build_model(config, info.num_classes), tx=tx,
+                      schedule=schedule, settings=settings, steps_per_epoch=100,
+                      total_steps=10_000, local_batch=args.batch, local_eval_batch=args.batch)
+  state = train.initial_state(setup)
+  batch = random_batch(args, info.num_classes, np.random.default_rng(0))
+  if row == "eval":
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    fn = train.compile_eval_step(setup)
+    step = lambda v, b: (v, fn(v, b))
+    return step, variables, train.to_global(batch, setup.mesh), args.batch
+  keys = ("range_image", "label", "weak_label")
+  return (train.compile_train_step(setup), state,
+          train.to_global({k: batch[k] for k in keys}, setup.mesh), args.batch)
+
+
+def time_steps(fn, state, batch, steps: int, warmup: int = 2) -> list[float]:
+  times = []
+  for i in range(warmup + steps):
+    start = time.perf_counter()
+    state, out = fn(state, batch)
+    jax.block_until_ready(out)
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+  return times

@@ -1,0 +1,106 @@
+"""Orbax checkpoints of the whole train state: the latest few, plus the best by mIoU.
+
+Orbax writes each step to a temporary directory and renames it when complete, so a run killed
+while saving leaves the previous checkpoint intact. The run's config is saved beside the
+checkpoints; a rerun with an incompatible config is refused rather than silently mixing.
+"""
+import json
+import os
+from typing import Any
+
+import ml_collections
+import orbax.checkpoint as ocp
+
+# Config entries that change the shapes or meaning of the saved state.
+STRUCTURAL_KEYS = ("dataset", "model.name", "model.width", "model.embed_dim",
+                   "contrast.sub_prototypes", "contrast.enabled")
+
+
+class CheckpointError(RuntimeError):
+  """A workdir or checkpoint that cannot be used."""
+
+
+def _lookup(config: dict[str, Any], dotted: str) -> Any:
+  for part in dotted.split("."):
+    config = config.get(part, {}) if isinstance(config, dict) else None
+  return config
+
+
+def write_json_atomic(path: str, payload: Any) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def check_or_save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Saves config.json in a fresh workdir; refuses a workdir trained with another structure."""
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config.to_json_best_effort())
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    diffs = [f"{k}: saved {_lookup(saved, k)!r} != now {_lookup(current, k)!r}"
+             for k in STRUCTURAL_KEYS if _lookup(saved, k) != _lookup(current, k)]
+    if diffs:
+      raise CheckpointError(
+          f"{workdir}: holds a run with an incompatible config ({'; '.join(diffs)}); "
+          "use a new --workdir or the original config")
+  os.makedirs(workdir, exist_ok=True)
+  write_json_atomic(path, current)
+
+
+def load_saved_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise CheckpointError(f"{path}: missing; is {workdir} a coarse3d_jax training workdir?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+class Checkpoints:
+  """`latest/` keeps the newest `keep` steps; `best/` keeps the step with the highest mIoU."""
+
+  def __init__(self, workdir: str, keep: int = 3):
+    workdir = os.path.abspath(workdir)
+    self.latest = ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints", "latest"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+    self.best = ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints", "best"),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, best_fn=lambda m: m["miou"], best_mode="max"))
+
+  def save(self, step: int, state) -> None:
+    if self.latest.latest_step() != step:
+      self.latest.save(step, args=ocp.args.StandardSave(state))
+      self.latest.wait_until_finished()
+
+  def save_if_best(self, step: int, state, miou: float) -> None:
+    self.best.save(step, args=ocp.args.StandardSave(state), metrics={"miou": float(miou)})
+    self.best.wait_until_finished()
+
+  def restore(self, state, which: str | int = "latest"):
+    """Restores into the structure (and shardings) of `state`; None if nothing is saved."""
+    manager, step = self._resolve(which)
+    if step is None:
+      return None
+    return manager.restore(step, args=ocp.args.StandardRestore(state))
+
+  def _resolve(self, which: str | int):
+    if which == "latest":
+      return self.latest, self.latest.latest_step()
+    if which == "best":
+      return self.best, self.best.best_step()
+    step = int(which)
+    for manager in (self.latest, self.best):
+      if step in manager.all_steps():
+        return manager, step
+    raise CheckpointError(f"no checkpoint at step {step} (have {self.all_steps()})")
+
+  def all_steps(self) -> list[int]:
+    return sorted(set(self.latest.all_steps()) | set(self.best.all_steps()))
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()

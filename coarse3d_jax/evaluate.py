@@ -1,0 +1,157 @@
+"""Official-protocol evaluation of prediction files: python -m coarse3d_jax.evaluate ...
+
+    python -m coarse3d_jax.evaluate --dataset semantickitti --raw-dir RAW --pred-dir OUT
+        [--split val] [--sequences 08,...] [--json FILE]
+
+Ground truth and predictions are mapped with the dataset's learning map, one confusion matrix is
+accumulated over all points of the split, and per-class IoU / mIoU follow the dataset's official
+evaluator (coarse3d_jax.evaluation; SemanticKITTI/POSS: semantic-kitti-api, nuScenes: devkit).
+As in semantic-kitti-api, only the low 16 bits of a prediction are read and raw ids absent from
+the learning map count as class 0 (a miss); nuScenes predictions must lie in 1..16.
+"""
+import argparse
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from coarse3d_jax import datasets
+from coarse3d_jax import evaluation
+from coarse3d_jax import export
+from data_prep import errors as data_errors
+from data_prep import readers
+
+
+class EvaluateError(Exception):
+  """A prediction folder that cannot be evaluated (message names the file)."""
+
+
+def prediction_path(dataset: str, pred_dir, split: str, ref) -> pathlib.Path:
+  if dataset == "nuscenes":
+    return export.nuscenes_prediction_path(pred_dir, split, str(ref.scan_id))
+  return export.kitti_prediction_path(pred_dir, ref.sequence, ref.frame)
+
+
+def read_prediction(dataset: str, info, path: pathlib.Path, num_points: int,
+                    scan_path) -> np.ndarray:
+  """(N,) learning ids of one prediction file; EvaluateError if missing or of the wrong length."""
+  if not path.is_file():
+    raise EvaluateError(f"{path}: missing prediction for scan {scan_path}")
+  item = 1 if dataset == "nuscenes" else 4
+  size = path.stat().st_size
+  if size != num_points * item:
+    raise EvaluateError(f"{path}: {size / item:g} labels, but scan {scan_path} has "
+                        f"{num_points} points")
+  if dataset == "nuscenes":
+    pred = np.fromfile(path, np.uint8).astype(np.int64)
+    if pred.size and (pred.min() < 1 or pred.max() >= info.num_classes):
+      raise EvaluateError(f"{path}: nuScenes predictions must lie in 1..{info.num_classes - 1}")
+    return pred
+  raw = np.fromfile(path, "<u4") & 0xFFFF
+  lut = np.asarray(info.learning_map, np.int64)
+  mapped = np.where(raw < len(lut), lut[np.minimum(raw, len(lut) - 1)], 0)
+  return np.where(mapped < info.num_classes, mapped, 0)  # Unknown ids: a miss, as officially.
+
+
+def _check_no_extra_files(dataset: str, pred_dir, split: str, refs) -> None:
+  """The official script pairs sorted file lists and asserts equal counts: refuse extras."""
+  expected = {prediction_path(dataset, pred_dir, split, ref) for ref in refs}
+  folders = {p.parent for p in expected}
+  suffix = "_lidarseg.bin" if dataset == "nuscenes" else ".label"
+  extra = sorted(p for f in folders for p in f.glob(f"*{suffix}") if p not in expected)
+  if extra:
+    raise EvaluateError(f"{extra[0]}: prediction for a scan outside the evaluated split "
+                        f"({len(extra)} such files); the official evaluator would refuse them")
+
+
+def evaluate_predictions(dataset: str, raw_dir, pred_dir, split: str = "val",
+                         sequences: Sequence[str] | None = None) -> dict[str, Any]:
+  """Confusion matrix, per-class IoU and mIoU of `pred_dir` against the raw ground truth."""
+  info = datasets.get_info(dataset)
+  refs = readers.list_scans(dataset, raw_dir, None if sequences else split, sequences)
+  if not refs:
+    raise EvaluateError(f"{raw_dir}: no scans in split {split}")
+  _check_no_extra_files(dataset, pred_dir, split, refs)
+  conf = np.zeros((info.num_classes, info.num_classes), np.int64)
+  for ref in refs:
+    if ref.label_path is None:
+      raise EvaluateError(f"{ref.points_path}: no ground-truth label file; is {split} labeled?")
+    num_points = len(readers.read_points(dataset, ref))
+    raw = readers.read_labels(dataset, ref, num_points)
+    label = datasets.map_labels(info, raw, source=str(ref.label_path))
+    pred = read_prediction(dataset, info, prediction_path(dataset, pred_dir, split, ref),
+                           num_points, ref.points_path)
+    conf += evaluation.confusion_matrix_np(pred, label, info.num_classes)
+  return results_from_confusion(info, conf, len(refs))
+
+
+def results_from_confusion(info, conf: np.ndarray, num_scans: int) -> dict[str, Any]:
+  """JSON-ready results of a (C, C) confusion matrix (rows = truth) under the official rules."""
+  ignore = tuple(int(c) for c in np.flatnonzero(info.ignore)) or (0,)
+  protocol = evaluation.protocol_for(info.name)
+  per_class, miou = evaluation.iou_from_confusion(conf, ignore, protocol)
+  kept = conf.copy()
+  kept[list(ignore), :] = 0
+  present = (kept.sum(axis=0) + kept.sum(axis=1)) > 0
+  included = [c for c in range(info.num_classes) if c not in ignore]
+  present_ious = [per_class[c] for c in included if present[c]]
+  return {
+      "dataset": info.name, "protocol": protocol, "num_scans": num_scans,
+      "num_points": int(conf.sum()), "miou": miou,
+      "miou_present_classes": float(np.mean(present_ious)) if present_ious else float("nan"),
+      "accuracy": evaluation.accuracy_from_confusion(conf, ignore),
+      "per_class_iou": {info.class_names[c]: float(per_class[c]) for c in included},
+      "absent_classes": [info.class_names[c] for c in included if not present[c]],
+      "confusion_matrix": conf.tolist()}
+
+
+def report(info, results: dict[str, Any]) -> str:
+  """The per-class table and summary lines printed by the CLI."""
+  names = info.class_names
+  per_class = np.array([results["per_class_iou"].get(n, np.nan) for n in names])
+  present = np.array([n not in results["absent_classes"] for n in names])
+  ignore = tuple(int(c) for c in np.flatnonzero(info.ignore)) or (0,)
+  table = evaluation.format_iou_table(per_class, names, results["miou"], present, ignore)
+  lines = [f"{info.name}: {results['num_scans']} scans, {results['num_points']} points, "
+           f"protocol {results['protocol']}", table,
+           f"accuracy {100 * results['accuracy']:.2f} %"]
+  if results["absent_classes"]:
+    lines.append(f"classes with neither ground truth nor prediction: "
+                 f"{', '.join(results['absent_classes'])} (mIoU over the others: "
+                 f"{100 * results['miou_present_classes']:.2f})")
+  return "\n".join(lines)
+
+
+def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="python -m coarse3d_jax.evaluate",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("--dataset", required=True,
+                      choices=("semantickitti", "semanticposs", "nuscenes", "synthetic"))
+  parser.add_argument("--raw-dir", required=True, help="raw dataset root (ground truth)")
+  parser.add_argument("--pred-dir", required=True, help="root of the prediction files")
+  parser.add_argument("--split", default="val")
+  parser.add_argument("--sequences", default=None, help="comma-separated, overrides --split")
+  parser.add_argument("--json", default=None, help="also write the results here")
+  return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    sequences = args.sequences.split(",") if args.sequences else None
+    results = evaluate_predictions(args.dataset, args.raw_dir, args.pred_dir, args.split,
+                                   sequences)
+  except (EvaluateError, data_errors.DataError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(report(datasets.get_info(args.dataset), results))
+  if args.json:
+    export.atomic_write(args.json, (json.dumps(results, indent=2) + "\n").encode())
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,314 @@
+"""Benchmark-format predictions from raw scans: python -m coarse3d_jax.predict ...
+
+    python -m coarse3d_jax.predict --workdir DIR --raw-dir RAW --out-dir OUT [--split val|test]
+        [--sequences 08,...] [--checkpoint latest|best|STEP] [--knn] [--zip]
+        [--batch-size 4] [--pictures N] [--ply N]
+
+Raw scans are read and projected on the host (numpy, the data_prep projection), a batch of B
+range images goes through the model (static shapes: a short last batch is padded with empty
+images), and each point gets the class of its pixel, or with --knn the RangeNet++ KNN vote (on
+device, points padded to a fixed count with a mask). Every point of the stored scan gets a label:
+points outside the vertical field of view take the pixel their row is clamped to; points with
+non-finite coordinates (not projectable) take the scan's most frequent predicted class.
+"""
+import argparse
+import concurrent.futures
+import dataclasses
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from coarse3d_jax import datasets
+from coarse3d_jax import export
+from coarse3d_jax import knn as knn_lib
+from coarse3d_jax import projection
+from coarse3d_jax import visualize
+from data_prep import errors as data_errors
+from data_prep import readers
+
+POINT_PAD = 16384  # KNN point buckets: one compile per bucket, not per scan.
+
+
+class PredictError(Exception):
+  """Input that cannot be predicted (message names the file)."""
+
+
+class PredictorLike(Protocol):
+  info: datasets.DatasetInfo
+
+  def predict(self, range_images: np.ndarray) -> np.ndarray:
+    ...
+
+
+@dataclasses.dataclass
+class PreparedScan:
+  """One raw scan projected: points (N, 4); finite (N,) bool; row, col, depth (M,) for the M
+  finite points; image (H, W, 5) (-1 empty); winner (H, W) index into the finite points or -1."""
+  ref: Any
+  points: np.ndarray
+  finite: np.ndarray
+  row: np.ndarray
+  col: np.ndarray
+  depth: np.ndarray
+  image: np.ndarray
+  winner: np.ndarray
+
+
+def geometry_of(predictor: PredictorLike) -> dict[str, Any]:
+  """Image geometry the model was trained with: its DatasetInfo's (height, width, fov_*)."""
+  return dict(predictor.info.geometry)
+
+
+def projectable(points: np.ndarray) -> np.ndarray:
+  """(N,) bool: finite x, y, z, remission and not at the origin (data_prep keeps exactly these)."""
+  return np.isfinite(points).all(axis=1) & (points[:, :3] != 0).any(axis=1)
+
+
+def _pixels(dataset: str, ref, points: np.ndarray, finite: np.ndarray, geometry: dict):
+  """Row, col, depth of the finite points: SemanticPOSS .tag pixels when present, else the
+  spherical projection (as data_prep builds the training images)."""
+  kept = points[finite]
+  tags = None
+  if dataset == "semanticposs":
+    tags = readers.read_tag_pixels(ref, len(points), geometry["height"], geometry["width"])
+  if tags is None:
+    return projection.project_np(kept[:, :3], **geometry)
+  depth = np.sqrt((kept[:, :3].astype(np.float64) ** 2).sum(axis=1)).astype(np.float32)
+  return tags[0][finite], tags[1][finite], depth
+
+
+def prepare_scan(dataset: str, ref, geometry: dict[str, Any]) -> PreparedScan:
+  """Reads and projects one scan; raises PredictError when no point lands in the image."""
+  points = readers.read_points(dataset, ref)
+  finite = projectable(points)
+  if not finite.any():
+    raise PredictError(f"{ref.points_path}: none of its {len(points)} points is finite and "
+                       "off the origin, so the scan has no pixel to predict")
+  row, col, depth = _pixels(dataset, ref, points, finite, geometry)
+  image, winner = projection.range_image_np(points[finite], row, col, depth,
+                                            geometry["height"], geometry["width"])
+  return PreparedScan(ref, points, finite, row, col, depth, image, winner)
+
+
+def pixel_argmax(probs: np.ndarray) -> np.ndarray:
+  """probs (B, H, W, C) -> (B, H, W) int32 in 1..C-1 (the ignore class is never predicted)."""
+  return np.argmax(probs[..., 1:], axis=-1).astype(np.int32) + 1
+
+
+def _padded_points(scans: Sequence[PreparedScan], batch: int, pad_to: int):
+  """(B, P) depth, row, col, valid for the KNN; P = pad_to."""
+  depth = np.zeros((batch, pad_to), np.float32)
+  row, col = np.zeros((batch, pad_to), np.int32), np.zeros((batch, pad_to), np.int32)
+  valid = np.zeros((batch, pad_to), bool)
+  for i, s in enumerate(scans):
+    n = len(s.depth)
+    depth[i, :n], row[i, :n], col[i, :n], valid[i, :n] = s.depth, s.row, s.col, True
+  return depth, row, col, valid
+
+
+def point_labels(scans: Sequence[PreparedScan], images: np.ndarray, pixel_pred: np.ndarray,
+                 num_classes: int, knn: dict | None, pad_to: int) -> list[np.ndarray]:
+  """Learning-id labels (N,) for every stored point of every scan of the batch."""
+  if knn is not None:
+    depth, row, col, valid = _padded_points(scans, len(images), pad_to)
+    voted = np.asarray(knn_lib.knn_labels(images[..., 0], pixel_pred, depth, row, col, valid,
+                                          num_classes=num_classes, **knn))
+  out = []
+  for i, s in enumerate(scans):
+    projected = voted[i, :len(s.depth)] if knn is not None else pixel_pred[i, s.row, s.col]
+    labels = np.empty(len(s.points), np.int32)
+    labels[s.finite] = projected
+    if not s.finite.all():
+      labels[~s.finite] = np.bincount(projected, minlength=num_classes).argmax()
+    out.append(labels)
+  return out
+
+
+def _scan_name(ref) -> str:
+  return str(ref.scan_id).replace("/", "_")
+
+
+def write_prediction(dataset: str, info, out_dir, split: str, scan: PreparedScan,
+                     labels: np.ndarray) -> pathlib.Path:
+  """The benchmark file of one scan (KITTI-style raw uint32 ids, or nuScenes uint8 1..16)."""
+  if dataset == "nuscenes":
+    return export.write_nuscenes_labels(out_dir, split, str(scan.ref.scan_id), labels,
+                                        len(scan.points), info.num_classes)
+  raw = export.to_raw_labels(info.learning_map_inv, labels)
+  return export.write_kitti_labels(out_dir, scan.ref.sequence, scan.ref.frame, raw,
+                                   len(scan.points))
+
+
+def _pixel_ground_truth(dataset: str, info, scan: PreparedScan) -> np.ndarray | None:
+  if scan.ref.label_path is None:
+    return None
+  raw = readers.read_labels(dataset, scan.ref, len(scan.points))
+  label = datasets.map_labels(info, raw, source=str(scan.ref.label_path))[scan.finite]
+  return np.where(scan.winner >= 0, label[np.maximum(scan.winner, 0)], 0).astype(np.int32)
+
+
+def write_extras(dataset: str, info, out_dir, scan: PreparedScan, pixel_pred: np.ndarray,
+                 labels: np.ndarray, picture: bool, ply: bool) -> None:
+  """Optional picture (OUT/pictures/<id>.png) and colored cloud (OUT/ply/<id>.ply) of a scan."""
+  out_dir = pathlib.Path(out_dir)
+  if picture:
+    panels = visualize.scan_panels(info.colors_rgb, scan.image[..., 0], pixel_pred,
+                                   _pixel_ground_truth(dataset, info, scan), row_scale=2)
+    visualize.write_png(out_dir / "pictures" / f"{_scan_name(scan.ref)}.png", panels)
+  if ply:
+    finite = scan.finite
+    visualize.write_ply(out_dir / "ply" / f"{_scan_name(scan.ref)}.ply",
+                        scan.points[finite, :3], info.colors_rgb[labels[finite]])
+
+
+def _check_probs(probs: np.ndarray, batch: int, geometry: dict, num_classes: int) -> np.ndarray:
+  probs = np.asarray(probs)
+  expected = (batch, geometry["height"], geometry["width"], num_classes)
+  if probs.shape != expected:
+    raise PredictError(f"predictor returned {probs.shape}, expected {expected}")
+  return probs
+
+
+def _knn_params(knn: bool | dict) -> dict | None:
+  if knn is False or knn is None:
+    return None
+  return {**knn_lib.DEFAULTS, **(knn if isinstance(knn, dict) else {})}
+
+
+def predict_batch(scans: Sequence[PreparedScan], predictor: PredictorLike, batch_size: int,
+                  geometry: dict, knn: dict | None, pad_to: int):
+  """Model + labels of one batch -> (pixel_pred (B, H, W), [labels (N,) per scan])."""
+  num_classes = predictor.info.num_classes
+  images = np.full((batch_size, geometry["height"], geometry["width"], 5), -1, np.float32)
+  images[:len(scans)] = [s.image for s in scans]
+  probs = _check_probs(predictor.predict(images), batch_size, geometry, num_classes)
+  pixel_pred = pixel_argmax(probs)
+  return pixel_pred, point_labels(scans, images, pixel_pred, num_classes, knn, pad_to)
+
+
+def predict_scans(refs: Sequence[Any], dataset: str, predictor: PredictorLike, out_dir, *,
+                  batch_size: int = 1, knn: bool | dict = False, split: str = "val",
+                  pictures: int = 0, ply: int = 0, max_points: int = 0,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Predicts every scan of `refs` and writes its benchmark file under `out_dir`.
+
+  Args:
+    refs: data_prep.readers.ScanRef list.
+    dataset: reader name ('semantickitti', 'semanticposs', 'nuscenes', 'synthetic').
+    predictor: `.info` (DatasetInfo; `info.geometry` is the image geometry) and
+      `.predict(images (B, H, W, 5) raw, -1 on empty) -> probs (B, H, W, C)`.
+    out_dir: output root (layouts in coarse3d_jax.export).
+    batch_size: B scans per model call (the last batch is padded, so shapes never change).
+    knn: False, True (RangeNet++ defaults) or a dict of k/search/sigma/cutoff.
+    split: split name (nuScenes output folders; submission.json is written for nuScenes).
+    pictures, ply: number of leading scans to also draw as PNG panels / export as .ply.
+    max_points: minimum KNN pad length (points per scan); grows in buckets when exceeded.
+    log: progress/throughput printer.
+
+  Returns:
+    dict with num_scans, num_points, seconds, scans_per_second, model_seconds, files.
+  """
+  if not refs:
+    raise PredictError("no scans to predict")
+  info, geometry, knn_params = predictor.info, geometry_of(predictor), _knn_params(knn)
+  batches = [refs[i:i + batch_size] for i in range(0, len(refs), batch_size)]
+  prepare = lambda batch: [prepare_scan(dataset, ref, geometry) for ref in batch]
+  files, num_points, model_seconds, pad_to, start = [], 0, 0.0, max_points, time.time()
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    pending = pool.submit(prepare, batches[0])
+    for index in range(len(batches)):
+      scans = pending.result()
+      if index + 1 < len(batches):  # Read and project the next batch during this one.
+        pending = pool.submit(prepare, batches[index + 1])
+      tic = time.time()
+      pad_to = max(pad_to, -(-max(len(s.depth) for s in scans) // POINT_PAD) * POINT_PAD)
+      pixel_pred, labels = predict_batch(scans, predictor, batch_size, geometry, knn_params,
+                                         pad_to)
+      model_seconds += time.time() - tic
+      for i, scan in enumerate(scans):
+        files.append(write_prediction(dataset, info, out_dir, split, scan, labels[i]))
+        rank = index * batch_size + i
+        write_extras(dataset, info, out_dir, scan, pixel_pred[i], labels[i],
+                     rank < pictures, rank < ply)
+        num_points += len(scan.points)
+      _log_progress(log, index, len(batches), min((index + 1) * batch_size, len(refs)),
+                    len(refs), start)
+  if dataset == "nuscenes":
+    files.append(export.write_nuscenes_submission_json(out_dir, split))
+  seconds = time.time() - start
+  summary = {"num_scans": len(refs), "num_points": num_points, "seconds": seconds,
+             "scans_per_second": len(refs) / seconds, "model_seconds": model_seconds,
+             "files": files}
+  log(f"done: {len(refs)} scans ({num_points} points) in {seconds:.1f} s = "
+      f"{summary['scans_per_second']:.2f} scans/s end to end; model{'+KNN' * bool(knn_params)} "
+      f"{len(refs) / max(model_seconds, 1e-9):.2f} scans/s")
+  return summary
+
+
+def _log_progress(log, index: int, num_batches: int, done: int, total: int, start: float):
+  if index == 0 or index + 1 == num_batches or index % 50 == 0:
+    log(f"predicted {done}/{total} scans, {done / max(time.time() - start, 1e-9):.2f} scans/s")
+
+
+def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="python -m coarse3d_jax.predict",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", required=True, help="training workdir with checkpoints")
+  parser.add_argument("--raw-dir", required=True, help="raw dataset root")
+  parser.add_argument("--out-dir", required=True, help="where prediction files go")
+  parser.add_argument("--split", default="val", help="split to predict (val, test, ...)")
+  parser.add_argument("--sequences", default=None, help="comma-separated, overrides the split")
+  parser.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
+  parser.add_argument("--knn", action="store_true", help="RangeNet++ KNN post-processing")
+  parser.add_argument("--zip", action="store_true",
+                      help="pack OUT/submission.zip (SemanticKITTI test split) and validate it")
+  parser.add_argument("--batch-size", type=int, default=1)
+  parser.add_argument("--pictures", type=int, default=0, help="PNG panels of the first N scans")
+  parser.add_argument("--ply", type=int, default=0, help="colored .ply of the first N scans")
+  return parser.parse_args(argv)
+
+
+def _load_predictor(workdir: str, checkpoint: str | int) -> PredictorLike:
+  from coarse3d_jax import inference  # pylint: disable=g-import-not-at-top  # Heavy; CLI only.
+  return inference.load_predictor(workdir, checkpoint)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  """The CLI body (raises the project's error classes on bad input)."""
+  checkpoint = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
+  if args.zip and args.split != "test":
+    raise PredictError("--zip packs a SemanticKITTI test submission: use it with --split test")
+  predictor = _load_predictor(args.workdir, checkpoint)
+  dataset = predictor.info.name
+  if args.zip and dataset != "semantickitti":
+    raise PredictError(f"--zip is for SemanticKITTI test submissions, this model is {dataset}")
+  sequences = args.sequences.split(",") if args.sequences else None
+  refs = readers.list_scans(dataset, args.raw_dir, None if sequences else args.split, sequences)
+  summary = predict_scans(refs, dataset, predictor, args.out_dir, batch_size=args.batch_size,
+                          knn=args.knn, split=args.split, pictures=args.pictures, ply=args.ply)
+  if args.zip:
+    bundle = export.zip_kitti_submission(args.out_dir,
+                                         pathlib.Path(args.out_dir) / "submission.zip")
+    export.validate_kitti_submission(bundle, args.raw_dir)
+    print(f"{bundle}: passes the semantic-kitti-api validate_submission checks")
+  return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parse_args(sys.argv[1:] if argv is None else argv)
+  from coarse3d_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  try:
+    run(args)
+  except (PredictError, export.ExportError, export.SubmissionError, data_errors.DataError,
+          checkpoints.CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

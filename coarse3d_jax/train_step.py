@@ -1,0 +1,300 @@
+"""The train state and the per-device train / eval steps (run under `jax.shard_map`).
+
+Every loss is reduced to the *global* value inside the step (psum'ed sums over psum'ed counts, or
+computed on labeled pixels gathered from all devices), so each device holds the same invariant
+loss and `jax.grad` returns the gradient of the global-batch loss: no pmean of gradients, and
+N devices give the same update as one device on the same global batch.
+
+Randomness is drawn per scan from (rng, step, global scan index), never per device, so the
+augmentation, pseudo-labels and anchors do not depend on how the batch is split. Dropout is the
+exception (Flax draws one mask per device batch).
+"""
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from coarse3d_jax import augment
+from coarse3d_jax import evaluation
+from coarse3d_jax import losses
+from coarse3d_jax import prototypes
+from coarse3d_jax import sampling
+
+Array = jax.Array
+AXIS = "data"
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run needs to continue: one pytree, checkpointed whole."""
+  step: Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  bank: Array  # (C, M, D) unit-norm class sub-prototypes; no gradient.
+  rng: Array
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+  """Static facts the steps close over (hashable, not traced)."""
+  num_classes: int
+  geometry: tuple[tuple[str, Any], ...]  # height, width, fov_*: for re-projection.
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  focal_alpha: tuple[float, ...]
+  focal_gamma: float
+  lovasz_weight: float
+  aux_weight: float
+  max_labeled_pixels: int
+  crop_width: int
+  augment_mode: str
+  augment: Any  # The frozen config.augment.
+  steps_per_epoch: int
+  num_epochs: int
+  contrast_enabled: bool
+  contrast_weight: float
+  contrast_warmup_steps: int
+  temperature: float
+  num_anchors: int
+  momentum: float
+  sinkhorn_iters: int
+  sinkhorn_epsilon: float
+  loss_variant: str
+  pseudo_labels: bool
+
+
+def create_train_state(rng: Array, model, tx: optax.GradientTransformation,
+                       image_shape: tuple[int, int, int, int], num_classes: int,
+                       num_sub: int, embed_dim: int) -> TrainState:
+  """Initial state; `image_shape` is the (B, H, W, 5) training input shape."""
+  k_params, k_dropout, k_bank, k_state = jax.random.split(rng, 4)
+  variables = model.init({"params": k_params, "dropout": k_dropout},
+                         jnp.zeros(image_shape, jnp.float32), train=False)
+  params = variables["params"]
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params,
+      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+      bank=prototypes.init_bank(k_bank, num_classes, num_sub, embed_dim), rng=k_state)
+
+
+def per_scan_keys(rng: Array, step: Array, local_batch: int, num_streams: int) -> Array:
+  """(num_streams, B_local) keys, a function of (rng, step, global scan index) only."""
+  first = jax.lax.axis_index(AXIS) * local_batch
+  index = first + jnp.arange(local_batch)
+  base = jax.random.fold_in(rng, step)
+  keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(base, i), num_streams))(index)
+  return jnp.swapaxes(keys, 0, 1)
+
+
+def prepare_train_inputs(batch: dict[str, Array], keys: Array, s: StepSettings):
+  """Augmented, cropped (B, H, W', 5) raw features and (B, H, W') int32 label / weak label."""
+  k_aug, k_crop = keys
+  if s.augment_mode == "points":
+    n = batch["points"].shape[1]
+    valid = jnp.arange(n)[None, :] < batch["num_points"][:, None]
+    points = jax.vmap(lambda k, p: augment.augment_points(k, p, s.augment))(
+        k_aug, batch["points"])
+    image, (label, weak) = augment.reproject(
+        points, valid, (batch["point_label"], batch["point_weak_label"]), dict(s.geometry))
+  else:
+    image = batch["range_image"]
+    label, weak = (batch["label"].astype(jnp.int32), batch["weak_label"].astype(jnp.int32))
+    if s.augment_mode == "range":
+      image, (label, weak) = jax.vmap(
+          lambda k, im, l, w: augment.augment_range(k, im, (l, w), s.augment))(
+              k_aug, image, label, weak)
+  if s.crop_width and s.crop_width < image.shape[2]:
+    image, label, weak = jax.vmap(
+        lambda k, a, b, c: augment.random_crop_columns(k, (a, b, c), s.crop_width))(
+            k_crop, image, label, weak)
+  return image, label, weak
+
+
+def gather_labeled(keys: Array, weak: Array, cap: int) -> tuple[Array, Array]:
+  """Indices of up to `cap` weakly labeled pixels per scan, a random subset when there are more.
+
+  Args:
+    keys: (B,) keys; weak: (B, P) int labels, 0 = unlabeled.
+  Returns:
+    idx (B, K) int32 into P and valid (B, K) bool, K = min(cap, P).
+  """
+  num_pixels = weak.shape[1]
+  if cap >= num_pixels:
+    return jnp.broadcast_to(jnp.arange(num_pixels), weak.shape), weak > 0
+  noise = jax.vmap(lambda k: jax.random.uniform(k, (num_pixels,)))(keys)
+  score, idx = jax.lax.top_k(jnp.where(weak > 0, noise, -1.), cap)
+  return idx, score >= 0
+
+
+def _take_rows(x: Array, idx: Array) -> Array:
+  """x (B, P, ...) gathered at idx (B, K) -> (B, K, ...)."""
+  idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, idx, axis=1)
+
+
+def _gather_global(x: Array) -> Array:
+  """(B_local, K, ...) -> (B_global * K, ...), the same (invariant) value on every device."""
+  x = jax.lax.all_gather(x, AXIS, tiled=True, to="invarying")
+  return x.reshape((-1,) + x.shape[2:])
+
+
+def supervised_loss(logits: Array, weak: Array, idx: Array, valid: Array,
+                    s: StepSettings) -> tuple[Array, dict[str, Array]]:
+  """Focal + Lovasz-softmax on the weakly labeled pixels of the global batch.
+
+  Args:
+    logits: (B, H, W, C) float32; weak: (B, H, W) int32; idx, valid: (B, K).
+  """
+  b, c = logits.shape[0], logits.shape[-1]
+  probs = jax.nn.softmax(_take_rows(logits.reshape(b, -1, c), idx), axis=-1)
+  labels = _take_rows(weak.reshape(b, -1), idx)
+  probs, labels, valid = map(_gather_global, (probs, labels, valid))
+  alpha = jnp.asarray(s.focal_alpha, jnp.float32)
+  focal = losses.focal_loss(probs, labels, alpha, gamma=s.focal_gamma, mask=valid)
+  lovasz = losses.lovasz_softmax(probs, labels, ignore=0, mask=valid)
+  correct = (jnp.argmax(probs, -1) == labels) & valid
+  metrics = {"focal": focal, "lovasz": lovasz,
+             "labeled_accuracy": correct.sum() / jnp.maximum(valid.sum(), 1),
+             "num_labeled": valid.sum()}
+  return focal + s.lovasz_weight * lovasz, metrics
+
+
+def _per_scan(fn: Callable, keys: Array, *arrays: Array):
+  """Applies a batched (B, ...) sampling function scan by scan, each scan with its own key."""
+  def one(key, *scan):
+    return jax.tree.map(lambda o: o[0], fn(key, *(x[None] for x in scan)))
+  return jax.vmap(one)(keys, *arrays)
+
+
+def contrast_loss(probs: Array, embedding: Array, weak: Array, valid_pix: Array,
+                  keys: Array, bank: Array, epoch: Array, s: StepSettings) -> tuple[Array, Array]:
+  """Pseudo-labels, entropy-weighted anchors and the Pix2Proto loss (global mean).
+
+  Args:
+    probs: (B, P, C) stop-gradient probabilities; embedding: (B, P, D); weak: (B, P) int32;
+    valid_pix: (B, P) bool; keys: (2, B) keys; bank: (C, M, D); epoch: int scalar.
+  Returns:
+    (loss, number of valid anchors in the global batch).
+  """
+  k_pseudo, k_anchor = keys
+  labels = weak
+  if s.pseudo_labels:
+    ratio = sampling.select_ratio(epoch, s.num_epochs)
+    labels = _per_scan(lambda k, p, w, v: sampling.select_pseudo_labels(k, p, w, v, ratio),
+                       k_pseudo, probs, weak, valid_pix)
+  weights = sampling.anchor_weights(probs)
+  idx, anchor_valid = _per_scan(
+      lambda k, l, w: sampling.sample_anchors(k, l, w, s.num_classes, s.num_anchors),
+      k_anchor, labels, weights)
+  b, c, k = idx.shape
+  anchors = _take_rows(embedding, idx.reshape(b, c * k)).reshape(-1, embedding.shape[-1])
+  anchor_labels = jnp.broadcast_to(jnp.arange(c)[None, :, None], idx.shape).reshape(-1)
+  loss = losses.pix2proto_loss(anchors, anchor_labels, anchor_valid.reshape(-1), bank,
+                               temperature=s.temperature, variant=s.loss_variant,
+                               axis_name=AXIS)
+  return loss, jax.lax.psum(anchor_valid.sum(), AXIS)
+
+
+def update_bank(bank: Array, embedding: Array, weak: Array, idx: Array, valid: Array,
+                s: StepSettings) -> Array:
+  """Momentum update of the bank from the (stop-gradient) embeddings of labeled pixels."""
+  emb = jax.lax.stop_gradient(_take_rows(embedding, idx))
+  labels = _take_rows(weak, idx)
+  new_bank, _ = prototypes.update_bank(
+      bank, emb.reshape(-1, emb.shape[-1]), labels.reshape(-1), valid.reshape(-1),
+      momentum=s.momentum, num_iters=s.sinkhorn_iters, epsilon=s.sinkhorn_epsilon,
+      axis_name=AXIS)
+  return new_bank
+
+
+def _model_loss(params, state: TrainState, model, x: Array, valid_pix: Array, weak: Array,
+                lab: tuple, keys: Array, dropout_rng: Array, contrast_on: Array,
+                s: StepSettings):
+  """The total loss of the global batch and what the step needs from the forward pass."""
+  out, mutated = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
+                             train=True, rngs={"dropout": dropout_rng},
+                             mutable=["batch_stats"])
+  loss, metrics = supervised_loss(out["logits"], weak, *lab, s)
+  for aux in out.get("aux_logits", ()):
+    aux_loss, _ = supervised_loss(aux, weak, *lab, s)
+    loss = loss + s.aux_weight * aux_loss
+  embedding = None
+  if s.contrast_enabled:
+    b, p = weak.shape[0], weak.shape[1] * weak.shape[2]
+    embedding = out["embedding"].reshape(b, p, -1)
+    probs = jax.lax.stop_gradient(jax.nn.softmax(out["logits"], -1)).reshape(b, p, -1)
+    epoch = state.step // s.steps_per_epoch
+    args = (probs, embedding, weak.reshape(b, p), valid_pix.reshape(b, p), keys,
+            state.bank, epoch)
+    contrast, n_anchors = jax.lax.cond(
+        contrast_on, lambda a: contrast_loss(*a, s),
+        lambda a: (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)), args)
+    loss = loss + s.contrast_weight * contrast
+    metrics.update(contrast=contrast, num_anchors=n_anchors)
+  metrics["loss"] = loss
+  return loss, (mutated["batch_stats"], embedding, metrics)
+
+
+def train_step(state: TrainState, batch: dict[str, Array], *, model, tx, schedule,
+               s: StepSettings) -> tuple[TrainState, dict[str, Array]]:
+  """One optimization step on this device's share of the global batch (under shard_map)."""
+  local_batch = next(iter(batch.values())).shape[0]
+  k_aug, k_crop, k_lab, k_pseudo, k_anchor = per_scan_keys(state.rng, state.step, local_batch, 5)
+  image, _, weak = prepare_train_inputs(batch, (k_aug, k_crop), s)
+  x = augment.normalize(image, jnp.asarray(s.mean), jnp.asarray(s.std))
+  b = weak.shape[0]
+  lab = gather_labeled(k_lab, weak.reshape(b, -1), s.max_labeled_pixels)
+  dropout_rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
+                                   jax.lax.axis_index(AXIS) + (1 << 20))
+  contrast_on = state.step >= s.contrast_warmup_steps
+  grad_fn = jax.value_and_grad(_model_loss, has_aux=True)
+  (_, (batch_stats, embedding, metrics)), grads = grad_fn(
+      state.params, state, model, x, image[..., 0] > 0, weak, lab,
+      jnp.stack([k_pseudo, k_anchor]), dropout_rng, contrast_on, s)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  bank = state.bank
+  if s.contrast_enabled:
+    bank = jax.lax.cond(
+        contrast_on, lambda: update_bank(state.bank, embedding, weak.reshape(b, -1), *lab, s),
+        lambda: state.bank)
+  metrics.update(grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            batch_stats=batch_stats, opt_state=opt_state, bank=bank)
+  return new_state, metrics
+
+
+def point_predictions(pred: Array, row: Array, col: Array) -> Array:
+  """pred (B, H, W) -> per-point labels (B, N) through each point's pixel."""
+  b, _, width = pred.shape
+  return jnp.take_along_axis(pred.reshape(b, -1), row * width + col, axis=1)
+
+
+def eval_step(variables: dict[str, Any], batch: dict[str, Array], *, model,
+              s: StepSettings, knn: Callable | None = None) -> dict[str, Array]:
+  """Point and pixel confusion matrices of this device's scans, summed over all devices.
+
+  Returns dict with 'points' and 'pixels' (C, C) int32 global confusion matrices and the local
+  'pred' (B, H, W) int32 pixel predictions (never the ignore class 0).
+  """
+  x = augment.normalize(batch["range_image"], jnp.asarray(s.mean), jnp.asarray(s.std))
+  logits = model.apply(variables, x, train=False)["logits"]
+  pred = jnp.argmax(logits[..., 1:], axis=-1).astype(jnp.int32) + 1
+  n = batch["point_row"].shape[1]
+  point_valid = ((jnp.arange(n)[None, :] < batch["num_points"][:, None])
+                 & batch["example_valid"][:, None])
+  if knn is None:
+    point_pred = point_predictions(pred, batch["point_row"], batch["point_col"])
+  else:
+    point_pred = knn(batch, pred, point_valid)
+  c = s.num_classes
+  label = batch["point_label"].astype(jnp.int32)
+  conf_points = evaluation.confusion_matrix(point_pred, label, c, mask=point_valid & (label > 0))
+  pixel_label = batch["label"].astype(jnp.int32)
+  conf_pixels = evaluation.confusion_matrix(
+      pred, pixel_label, c, mask=(pixel_label > 0) & batch["example_valid"][:, None, None])
+  return {"points": jax.lax.psum(conf_points, AXIS), "pixels": jax.lax.psum(conf_pixels, AXIS),
+          "pred": pred}

@@ -1,0 +1,6 @@
+"""SemanticKITTI, SalsaNext, 0.1% labels: the COARSE3D reference recipe (DESIGN.md section 4)."""
+from configs import default
+
+
+def get_config():
+  return default.get_config()
