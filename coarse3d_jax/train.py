@@ -80,7 +80,7 @@ def make_optimizer(config, steps_per_epoch: int, total_steps: int):
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, config.optimizer.lr, max(warmup, 1), max(total_steps, warmup + 1))
   tx = optax.adamw(schedule, b1=config.optimizer.b1, b2=config.optimizer.b2,
-                   weight_decay=config.optimizer.weight_decay)
+                   eps=config.optimizer.eps, weight_decay=config.optimizer.weight_decay)
   return tx, schedule
 
 

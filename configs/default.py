@@ -45,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.warmup_epochs = 1.0
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.999
+  config.optimizer.eps = 1e-8
 
   config.loss = ml_collections.ConfigDict()
   config.loss.focal_gamma = 2.0

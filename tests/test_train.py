@@ -107,8 +107,22 @@ def test_eval_miou_matches_numpy_confusion(full_run, data_dir):
   np.testing.assert_array_equal(np.asarray(results["confusion_matrix"]), conf)
 
 
-def test_data_parallel_step_equals_single_device(data_dir):
-  config = tiny_config(data_dir)  # The same program as the full run: shared compile cache.
+def _assert_trees_close(got, want, rel: float, what: str) -> None:
+  """Every leaf within rel * (its largest magnitude) of the reference."""
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    b = np.asarray(b)
+    scale = float(np.max(np.abs(b))) if b.size else 0.0
+    # The floor absorbs leaves that are pure rounding (gradients of biases right before a BN).
+    np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=rel * scale + 1e-8, err_msg=what)
+
+
+# Adam's first moment after one step from zero is exactly (1 - b1) * grad, so comparing
+# opt_state compares the gradients. SalsaNext (act -> BN blocks) at width 1/8 has float32
+# gradients whose rounding depends on the reduction order at the 1e-4 level in early layers
+# (float64 agrees to 1e-7); RangeNet-21 (conv -> BN -> act) is well conditioned.
+@pytest.mark.parametrize("model_name,grad_rel", [("salsanext", 1e-3), ("rangenet21", 1e-5)])
+def test_data_parallel_step_equals_single_device(data_dir, model_name, grad_rel):
+  config = tiny_config(data_dir, **{"model.name": model_name})
   setup = train.make_setup(config)
   batch = next(input_pipeline.train_iterator(setup.builder, config, 0, setup.steps_per_epoch))
   outputs = []
@@ -121,11 +135,13 @@ def test_data_parallel_step_equals_single_device(data_dir):
     outputs.append(jax.device_get((state, metrics)))
   (one, m1), (four, m4) = outputs
   assert float(m1["num_anchors"]) > 0 and float(m1["contrast"]) > 0
-  for key in ("loss", "focal", "lovasz", "contrast", "grad_norm"):
-    np.testing.assert_allclose(m4[key], m1[key], rtol=2e-5, err_msg=key)
-  for name in ("params", "batch_stats", "bank"):
-    for a, b in zip(jax.tree.leaves(getattr(one, name)), jax.tree.leaves(getattr(four, name))):
-      np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-6, err_msg=name)
+  for key in ("loss", "focal", "lovasz", "contrast", "num_anchors", "num_labeled"):
+    np.testing.assert_allclose(m4[key], m1[key], rtol=2e-6, err_msg=key)
+  np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=grad_rel, err_msg="grad_norm")
+  _assert_trees_close(four.opt_state, one.opt_state, grad_rel, "gradients (Adam moments)")
+  _assert_trees_close(four.batch_stats, one.batch_stats, 1e-5, "batch_stats")
+  _assert_trees_close(four.bank, one.bank, 1e-5, "bank")
+  _assert_trees_close(four.params, one.params, 1e-5, "params")
 
 
 def test_input_order_is_a_function_of_seed_and_epoch(data_dir):

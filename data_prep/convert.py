@@ -1,0 +1,368 @@
+"""Conversion of raw scans to TFRecord shards: per-scan work, worker pool, resume, metadata.
+
+Scans of a split are sorted and cut into shards of `shard_size` consecutive scans, so the shard
+of a scan depends only on the input. Worker processes (spawn) convert scans to serialized
+examples; the main process writes them in order, shard by shard, each under a temporary name that
+is renamed once complete, after its statistics are saved next to it (`.data_prep/`). A rerun skips
+shards whose final file exists and converts the others; a different configuration or input in
+the same output directory is refused rather than mixed.
+"""
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import pathlib
+import sys
+import time
+from typing import Any, Iterator
+
+import numpy as np
+
+from coarse3d_jax import datasets
+from coarse3d_jax import projection
+from data_prep import readers
+from data_prep import weak_labels
+from data_prep import writer
+from data_prep.errors import DataError
+
+STATE_DIR = ".data_prep"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What a scan's conversion depends on (besides the scan)."""
+  dataset: str
+  label_ratio: float = 0.001
+  protocol: str = "voxel"
+  voxel_size: float = 0.06
+  seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  split: str
+  index: int
+  num_shards: int
+  refs: tuple[readers.ScanRef, ...]
+  labeled: bool
+
+
+# ----------------------------------------------------------------------------- one scan
+def finite_points(points: np.ndarray) -> np.ndarray:
+  """(N,) bool: finite coordinates and not at the sensor origin (no direction to project)."""
+  finite = np.isfinite(np.ascontiguousarray(points, np.float32))
+  all_finite = finite.view(np.uint32).reshape(-1) == 0x01010101  # 4 True bytes per row.
+  x, y, z = points[:, 0], points[:, 1], points[:, 2]
+  return all_finite & ((x != 0) | (y != 0) | (z != 0))
+
+
+def scan_pixels(dataset: str, ref: readers.ScanRef, points: np.ndarray, keep: np.ndarray):
+  """Pixel of every kept point as data_prep stores it (predict should use the same).
+
+  Args:
+    points: (N, 4) the stored scan; keep: (N,) bool, the points to place (see `finite_points`).
+  Returns:
+    row, col (M,) int32 and depth (M,) float32 of the M kept points. SemanticPOSS scans with
+    .tag files take their pixels from the tags; all others are projected spherically.
+  """
+  info = datasets.get_info(dataset)
+  kept = points if keep.all() else points[keep]
+  tags = None
+  if dataset == "semanticposs":
+    tags = readers.read_tag_pixels(ref, len(points), info.height, info.width)
+  if tags is None:
+    return projection.project_np(kept[:, :3], **info.geometry)
+  depth = np.sqrt((kept[:, :3].astype(np.float64)**2).sum(axis=1)).astype(np.float32)
+  return tags[0][keep], tags[1][keep], depth
+
+
+def _pixel_values(values: np.ndarray, winner: np.ndarray) -> np.ndarray:
+  """(H, W) uint8 image of per-point values (N,) at the winning points, 0 on empty pixels."""
+  if not len(values):
+    return np.zeros(winner.shape, np.uint8)
+  return np.where(winner >= 0, values[np.maximum(winner, 0)], 0).astype(np.uint8)
+
+
+def convert_scan(settings: Settings, ref: readers.ScanRef,
+                 labeled: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+  """One scan -> (example of DESIGN.md section 3, additive statistics).
+
+  Points with non-finite coordinates or at the origin are dropped (and counted); all arrays
+  of the example refer to the kept points, in file order.
+  """
+  info = datasets.get_info(settings.dataset)
+  points = readers.read_points(settings.dataset, ref)
+  if labeled:
+    raw = readers.read_labels(settings.dataset, ref, len(points))
+    label = datasets.map_labels(info, raw, source=str(ref.label_path))
+  else:
+    label = np.zeros(len(points), np.uint8)
+  keep = finite_points(points)
+  row, col, depth = scan_pixels(settings.dataset, ref, points, keep)
+  dropped = len(points) - len(row)
+  if dropped:
+    points, label = points[keep], label[keep]
+  weak = np.zeros_like(label)
+  if labeled and len(points):
+    rng = weak_labels.scan_rng(settings.seed, settings.dataset, ref.scan_id)
+    weak = weak_labels.weak_labels(settings.protocol, points[:, :3], label,
+                                   settings.label_ratio, settings.voxel_size, rng)
+  image, winner = projection.range_image_np(points, row, col, depth, info.height, info.width)
+  example = {
+      "scan_id": ref.scan_id, "range_image": image, "label": _pixel_values(label, winner),
+      "weak_label": _pixel_values(weak, winner), "points": points, "point_label": label,
+      "point_weak_label": weak, "point_row": row.astype(np.int32),
+      "point_col": col.astype(np.int32)}
+  return example, _scan_stats(info.num_classes, example, dropped)
+
+
+def _scan_stats(num_classes: int, example: dict[str, Any], dropped: int) -> dict[str, Any]:
+  image = example["range_image"]
+  # (5, M) float64 channels of the M valid pixels; row sums avoid BLAS thread start-up.
+  valid = np.ascontiguousarray(image[image[..., 0] >= 0].T, np.float64)
+  weak = example["point_weak_label"]
+  return {"num_scans": 1, "num_points": len(weak), "num_weak_points": int((weak > 0).sum()),
+          "num_nonfinite_dropped": dropped,
+          "class_counts": np.bincount(example["point_label"], minlength=num_classes),
+          "weak_class_counts": np.bincount(weak, minlength=num_classes),
+          "num_pixels": valid.shape[1], "pixel_sum": valid.sum(axis=1),
+          "pixel_sumsq": np.einsum("cm,cm->c", valid, valid)}
+
+
+# ----------------------------------------------------------------------------- workers
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(settings: Settings) -> None:
+  info = datasets.get_info(settings.dataset)
+  _WORKER["settings"] = settings
+  _WORKER["encode"] = writer.ExampleEncoder(info.height, info.width)
+
+
+def _work(task: tuple[readers.ScanRef, bool]) -> tuple[bytes, dict[str, Any]]:
+  """Worker entry point: a scan -> (serialized example, statistics)."""
+  ref, labeled = task
+  example, stats = convert_scan(_WORKER["settings"], ref, labeled)
+  return _WORKER["encode"](example), stats
+
+
+def _results(settings: Settings, tasks: list, workers: int) -> Iterator:
+  """Results of `_work` in task order, from `workers` spawned processes (or this one)."""
+  if workers <= 1 or len(tasks) <= 1:
+    _init_worker(settings)
+    yield from map(_work, tasks)
+    return
+  context = multiprocessing.get_context("spawn")
+  with context.Pool(min(workers, len(tasks)), _init_worker, (settings,)) as pool:
+    try:
+      yield from pool.imap(_work, tasks, chunksize=1)
+    finally:
+      pool.terminate()
+
+
+# ----------------------------------------------------------------------------- planning
+def plan_shards(splits: dict[str, list[readers.ScanRef]], shard_size: int) -> list[Shard]:
+  """Deterministic shards: consecutive runs of `shard_size` sorted scans per split."""
+  shards = []
+  for split, refs in splits.items():
+    num = -(-len(refs) // shard_size)
+    shards += [Shard(split, i, num, tuple(refs[i * shard_size:(i + 1) * shard_size]),
+                     labeled=split != "test") for i in range(num)]
+  return shards
+
+
+def fingerprint(settings: Settings, shard_size: int, splits: dict[str, list]) -> dict[str, Any]:
+  """What must match for a rerun to reuse the shards of an output directory."""
+  ids = {s: hashlib.sha256("\n".join(r.scan_id for r in refs).encode()).hexdigest()[:16]
+         for s, refs in splits.items()}
+  return {**dataclasses.asdict(settings), "shard_size": shard_size,
+          "splits": {s: {"num_scans": len(refs), "scan_ids_sha256": ids[s]}
+                     for s, refs in splits.items()}}
+
+
+def prepare_out_dir(out_dir: pathlib.Path, config: dict[str, Any]) -> pathlib.Path:
+  """Creates OUT, refuses a different earlier configuration, removes stale temporary files."""
+  state = out_dir / STATE_DIR
+  try:
+    state.mkdir(parents=True, exist_ok=True)
+    probe = state / f"probe.tmp-{id(config)}"
+    probe.write_bytes(b"")
+    probe.unlink()
+  except OSError as e:
+    raise DataError(f"{out_dir}: cannot write the output directory ({e.strerror})") from None
+  for folder in (out_dir, state):
+    for path in folder.iterdir():
+      if writer.is_temp(path):
+        path.unlink()
+  config_path = state / "config.json"
+  if config_path.exists():
+    old = json.loads(config_path.read_text())
+    if old != json.loads(json.dumps(config)):
+      changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+      raise DataError(f"{out_dir}: holds a conversion with other settings or inputs "
+                      f"({', '.join(changed)} differ); use another --out-dir or delete it")
+  writer.write_json_atomic(config_path, config)
+  return state
+
+
+def _stats_path(state: pathlib.Path, shard: Shard) -> pathlib.Path:
+  return state / f"{shard.split}-{shard.index:05d}-of-{shard.num_shards:05d}.json"
+
+
+def _shard_path(out_dir: pathlib.Path, dataset: str, shard: Shard) -> pathlib.Path:
+  return out_dir / writer.shard_name(dataset, shard.split, shard.index, shard.num_shards)
+
+
+def shard_done(out_dir: pathlib.Path, state: pathlib.Path, dataset: str, shard: Shard) -> bool:
+  return _shard_path(out_dir, dataset, shard).exists() and _stats_path(state, shard).exists()
+
+
+# ----------------------------------------------------------------------------- progress
+class Progress:
+  """A progress line with scans/s and ETA on stderr, at most every `every` seconds."""
+
+  def __init__(self, total: int, every: float = 1.0, stream=None):
+    self.total, self.done, self.every = total, 0, every
+    self.stream = stream or sys.stderr
+    self.start = self.last = time.monotonic()
+    self.tty = getattr(self.stream, "isatty", lambda: False)()
+
+  def update(self, count: int = 1) -> None:
+    self.done += count
+    now = time.monotonic()
+    if now - self.last >= self.every or self.done == self.total:
+      self.last = now
+      rate = self.done / max(now - self.start, 1e-9)
+      eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+      end = "\r" if self.tty and self.done < self.total else "\n"
+      print(f"  {self.done}/{self.total} scans  {rate:.2f} scans/s  ETA {_duration(eta)}",
+            end=end, file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return "?"
+  minutes, secs = divmod(int(round(seconds)), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+# ----------------------------------------------------------------------------- orchestration
+def resolve_splits(dataset: str, raw_dir, split_sequences: dict[str, list[str]] | None = None
+                   ) -> dict[str, list[readers.ScanRef]]:
+  """Split name -> scans: the given sequences per split, else the official splits.
+
+  The official test split is left out when none of its sequences is present. Every split must
+  have scans, and every split but 'test' must have labels.
+  """
+  if split_sequences:
+    splits = {name: readers.list_scans(dataset, raw_dir, sequences=seqs)
+              for name, seqs in split_sequences.items()}
+  else:
+    try:
+      splits = {name: readers.list_scans(dataset, raw_dir, split=name)
+                for name in datasets.get_info(dataset).splits}
+    except DataError as e:
+      raise DataError(f"{e}; the official {dataset} splits need it (convert other sequences "
+                      "with --split NAME=SEQ,...)") from None
+    if not splits.get("test", True):
+      del splits["test"]
+  for name, refs in splits.items():
+    if not refs:
+      what = ",".join(split_sequences[name]) if split_sequences else f"official {name}"
+      raise DataError(f"{raw_dir}: split {name!r} has no scans (sequences {what})")
+    if name != "test":
+      _check_labeled(name, refs)
+  return splits
+
+
+def _check_labeled(split: str, refs: list[readers.ScanRef]) -> None:
+  for ref in refs:
+    if ref.label_path is None:
+      where = (ref.points_path.parent.parent / "labels" if ref.points_path.parent.name ==
+               "velodyne" else ref.points_path)
+      raise DataError(f"{where}: missing labels (split {split!r} needs them; only 'test' is "
+                      "unlabeled)")
+
+
+def _write_shards(settings: Settings, out_dir: pathlib.Path, state: pathlib.Path,
+                  pending: list[Shard], workers: int, log) -> None:
+  tasks = [(ref, shard.labeled) for shard in pending for ref in shard.refs]
+  progress = Progress(len(tasks), stream=log)
+  results = _results(settings, tasks, workers)
+  try:
+    for shard in pending:
+      shard_writer = writer.ShardWriter(_shard_path(out_dir, settings.dataset, shard))
+      try:
+        stats = writer.empty_stats(datasets.get_info(settings.dataset).num_classes)
+        for ref, (record, scan_stats) in zip(shard.refs, results):
+          shard_writer.write(record)
+          stats = writer.add_stats(stats, scan_stats)
+          if scan_stats["num_nonfinite_dropped"]:
+            print(f"warning: {ref.points_path}: dropped {scan_stats['num_nonfinite_dropped']} "
+                  "points with NaN/inf coordinates or at the origin", file=log)
+          progress.update()
+        writer.write_json_atomic(_stats_path(state, shard), writer.stats_to_json(stats))
+        shard_writer.commit()
+      except BaseException:
+        shard_writer.abort()
+        raise
+  finally:
+    results.close()
+
+
+def _finish(settings: Settings, out_dir: pathlib.Path, state: pathlib.Path,
+            shards: list[Shard]) -> dict[str, Any]:
+  """Merges shard statistics into stats.json and writes the TFDS metadata."""
+  info = datasets.get_info(settings.dataset)
+  totals, lengths, sizes = {}, {}, {}
+  for shard in shards:
+    part = writer.stats_from_json(json.loads(_stats_path(state, shard).read_text()))
+    totals[shard.split] = writer.add_stats(totals.get(shard.split, writer.empty_stats(
+        info.num_classes)), part)
+    lengths.setdefault(shard.split, []).append(len(shard.refs))
+    sizes[shard.split] = sizes.get(shard.split, 0) + _shard_path(
+        out_dir, settings.dataset, shard).stat().st_size
+  poss_tags = settings.dataset == "semanticposs" and any(
+      r.tag_path is not None for s in shards for r in s.refs)
+  stats = {"dataset": settings.dataset, "label_ratio": settings.label_ratio,
+           "protocol": settings.protocol, "voxel_size": settings.voxel_size,
+           "seed": settings.seed, "height": info.height, "width": info.width,
+           "projection": "tag" if poss_tags else "spherical",
+           "splits": {s: writer.finalize_stats(t) for s, t in totals.items()}}
+  writer.write_tfds_metadata(
+      out_dir, writer.features(info.height, info.width), lengths, sizes,
+      description=f"{settings.dataset} range images from python -m data_prep, label ratio "
+                  f"{settings.label_ratio} ({settings.protocol} protocol, voxel "
+                  f"{settings.voxel_size} m, seed {settings.seed})")
+  writer.write_json_atomic(out_dir / writer.STATS_FILE, stats)
+  return stats
+
+
+def run(settings: Settings, raw_dir, out_dir, split_sequences=None, workers: int = 1,
+        shard_size: int = 64, log=None) -> dict[str, Any]:
+  """Converts the splits of `raw_dir` into `out_dir`; returns the stats.json content.
+
+  Raises:
+    DataError: bad input or unwritable output (nothing half-written is left behind).
+  """
+  log = log or sys.stderr
+  start = time.monotonic()
+  out_dir = pathlib.Path(out_dir)
+  splits = resolve_splits(settings.dataset, raw_dir, split_sequences)
+  state = prepare_out_dir(out_dir, fingerprint(settings, shard_size, splits))
+  shards = plan_shards(splits, shard_size)
+  pending = [s for s in shards if not shard_done(out_dir, state, settings.dataset, s)]
+  print(f"data_prep: {settings.dataset} {', '.join(f'{k}={len(v)}' for k, v in splits.items())}"
+        f" scans, {len(pending)}/{len(shards)} shards to write, {workers} worker(s)", file=log)
+  _write_shards(settings, out_dir, state, pending, workers, log)
+  stats = _finish(settings, out_dir, state, shards)
+  labeled = [s for name, s in stats["splits"].items() if name != "test"]
+  points = sum(s["num_points"] for s in labeled)
+  weak = sum(s["num_weak_points"] for s in labeled)
+  scans = sum(s["num_scans"] for s in stats["splits"].values())
+  print(f"data_prep: {scans} scans ({len(shards) - len(pending)} of {len(shards)} shards were "
+        f"already done), {points:,} labeled-split points, {100 * weak / max(points, 1):.3f}% "
+        f"weakly labeled, "
+        f"{time.monotonic() - start:.1f} s -> {out_dir}", file=log)
+  return stats
