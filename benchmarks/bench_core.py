@@ -8,7 +8,6 @@ B * C * K anchors (Pix2Proto forward + gradient w.r.t. the anchors).
 """
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,20 +25,6 @@ def parse_args():
   parser.add_argument("--anchors", type=int, default=512)
   parser.add_argument("--repeats", type=int, default=20)
   return parser.parse_args()
-
-
-def machine() -> str:
-  """CPU model or accelerator kind (benchmarks.common.machine without its heavier imports)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  dev = jax.devices()[0]
-  if dev.platform != "cpu":
-    return dev.device_kind
-  try:
-    with open("/proc/cpuinfo") as f:
-      name = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    name = platform.machine()
-  return f"CPU ({name}, {os.cpu_count()} cores)"
 
 
 def timings(fn, args, repeats: int) -> tuple[float, float]:
@@ -94,9 +79,10 @@ def main():
   args = parse_args()
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax  # pylint: disable=g-import-not-at-top
+  from benchmarks import hardware  # pylint: disable=g-import-not-at-top
   rows = [(name, *timings(fn, fn_args, args.repeats))
           for name, (fn, fn_args) in build_cases(args).items()]
-  print(f"# {machine()} | jax {jax.__version__} | batch {args.batch} x "
+  print(f"# {hardware.describe(jax)} | jax {jax.__version__} | batch {args.batch} x "
         f"{args.height}x{args.width}, C={args.classes}, M={args.sub}, D={args.dim}, "
         f"{args.labeled} labeled pixels, {args.batch * args.classes * args.anchors} anchors")
   print("| function | median ms | min ms |\n|---|---|---|")

@@ -21,7 +21,6 @@ throughput per core that N idle cores would multiply.
 import argparse
 import os
 import pathlib
-import platform
 import resource
 import statistics
 import sys
@@ -32,23 +31,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import hardware
 from coarse3d_jax import datasets
 from coarse3d_jax import projection
 from data_prep import convert
 from data_prep import readers
 from data_prep import weak_labels
 from data_prep import writer
-
-
-def machine() -> str:
-  name = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      name = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-  return f"CPU {name}, {os.cpu_count()} cores, load average {load:.1f} at start"
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -183,7 +172,7 @@ def main() -> None:
   if not args.raw_dir:
     parser.error("pass --raw-dir or set COARSE3D_SAMPLE_DIR to a SemanticKITTI tree")
   refs = readers.list_scans("semantickitti", args.raw_dir, sequences=["00"])
-  print(f"# data_prep benchmark: {machine()}")
+  print(f"# data_prep benchmark: {hardware.describe()}")
   print(f"# {len(refs)} real scans of {args.raw_dir}, "
         f"{np.mean([r.points_path.stat().st_size / 16 for r in refs]):.0f} points on average\n")
   rows = [stage_times(ref, args.repeats, not args.no_reference) for ref in refs]

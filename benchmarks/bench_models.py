@@ -17,7 +17,6 @@ modules themselves on the same machine and thread count.
 """
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,26 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import hardware  # pylint: disable=g-import-not-at-top,wrong-import-position
 from coarse3d_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 NUM_CLASSES = 20
 TORCH_CLASSES = {"salsanext": "SalsaNextProto", "rangenet21": "RangeNetProto",
                  "squeezesegv3_21": "SqueezeSegV3Proto"}
-
-
-def machine() -> str:
-  """CPU model name (or accelerator kind) and device count."""
-  dev = jax.devices()[0]
-  if dev.platform != "cpu":
-    return f"{dev.device_kind} x{jax.local_device_count()}"
-  name = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      name = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return f"CPU {name}, {os.cpu_count()} cores"
 
 
 def _time(fn, *args, repeats: int) -> float:
@@ -132,7 +118,7 @@ def format_table(rows: list[tuple[str, str, dict, dict | None]], args) -> str:
           "fwd+bwd GFLOP", "fwd+bwd GFLOP/s"]
   if with_torch:
     head += ["torch fwd ms", "torch fwd+bwd ms"]
-  lines = [f"Machine: {machine()}; jax {jax.__version__}; dtype {args.dtype}; batch "
+  lines = [f"Machine: {hardware.describe(jax)}; jax {jax.__version__}; dtype {args.dtype}; batch "
            f"{args.batch}; median of {args.repeats} runs.", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, size, r, t in rows:

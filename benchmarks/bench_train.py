@@ -5,15 +5,24 @@ weak labels (no dataset needed), after compilation, as medians over repeated ste
 
   python benchmarks/bench_train.py --batch 2 --height 64 --width 512 --steps 10
 
-Rows: plain (focal + Lovasz, no projection head), COARSE3D (projection head, pseudo-labels,
-anchors, Pix2Proto, bank update), and evaluation (forward + point confusion matrix).
-`--devices N` splits the global batch over N simulated CPU devices (set before jax starts), which
-shows the data-parallel overhead on one machine, not a speed-up.
+Rows: plain (focal + Lovasz, no projection head), head (plain + the projection head, as in the
+contrast warm-up), COARSE3D (head + pseudo-labels, anchors, Pix2Proto, bank update), and
+evaluation (forward + point confusion matrix). The split of the COARSE3D addition is
+head - plain (projection head) and COARSE3D - head (sampling, Pix2Proto, bank update).
+
+With torch and the reference code on PYTHONPATH (see benchmarks/torch_reference.py) the
+public PyTorch reference's steps are timed in the same run on the same batch size: 'plain',
+'coarse3d' (what its trainer runs after the warm-up) and 'coarse3d_proto' (plus the prototype
+update its trainer never enables). `--devices N` splits the global batch over N simulated CPU
+devices (set before jax starts), which shows the data-parallel overhead on one machine, not a
+speed-up.
 """
 import argparse
 import os
 import statistics
 import sys
+
+REFERENCE_KINDS = ("plain", "coarse3d", "coarse3d_proto")
 
 
 def parse_args():
@@ -25,10 +34,44 @@ def parse_args():
   parser.add_argument("--model-width", type=float, default=1.0)
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--reference-steps", type=int, default=5)
   parser.add_argument("--devices", type=int, default=1)
   parser.add_argument("--label-fraction", type=float, default=0.002)
-  parser.add_argument("--rows", default="plain,coarse3d,eval")
+  parser.add_argument("--rows", default="plain,head,coarse3d,eval")
+  parser.add_argument("--no-reference", action="store_true")
   return parser.parse_args()
+
+
+def reference_rows(args) -> list[tuple[str, float, float]]:
+  """(name, median s/step, scans/s) of the PyTorch reference, or [] when it is unavailable."""
+  from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
+  reason = torch_reference.available()
+  if args.no_reference or reason or args.model != "salsanext":
+    print(f"(PyTorch reference skipped: {reason or 'not requested / not SalsaNext'})")
+    return []
+  rows = []
+  for kind in REFERENCE_KINDS:
+    times = torch_reference.time_steps(kind, args.batch, args.height, args.width,
+                                       args.reference_steps, args.label_fraction)
+    med = statistics.median(times)
+    rows.append((f"PyTorch reference {kind}", med, args.batch / med))
+  return rows
+
+
+def print_split(times: dict[str, float]) -> None:
+  if not {"plain", "head", "coarse3d"} <= set(times):
+    return
+  plain = times["plain"]
+  print(f"\nCOARSE3D addition over the plain step: "
+        f"{100 * (times['coarse3d'] / plain - 1):.1f}% = projection head "
+        f"{100 * (times['head'] / plain - 1):.1f}% + sampling, Pix2Proto and bank update "
+        f"{100 * (times['coarse3d'] - times['head']) / plain:.1f}%")
+  reference = times.get("PyTorch reference coarse3d_proto") or times.get(
+      "PyTorch reference coarse3d")
+  if reference:
+    print(f"full COARSE3D step: {reference / times['coarse3d']:.2f}x faster than the reference's "
+          f"(with its prototype update); reference plain step / ours: "
+          f"{times['PyTorch reference plain'] / plain:.2f}x")
 
 
 def main():
@@ -45,16 +88,15 @@ def main():
     times = common.time_steps(fn, state, batch, args.steps)
     med = statistics.median(times)
     rows.append((row, med, scans / med))
-  print(f"# {common.machine()} | jax {jax.__version__} | {jax.device_count()} device(s) | "
-        f"{args.model} width {args.model_width} {args.dtype} | batch {args.batch} x "
-        f"{args.height}x{args.width}")
+    del fn, state, batch
+  rows += reference_rows(args)
+  print(f"# {common.hardware.describe(jax)} | jax {jax.__version__} | "
+        f"{jax.device_count()} device(s) | {args.model} width {args.model_width} {args.dtype} | "
+        f"batch {args.batch} x {args.height}x{args.width}")
   print("| step | median s/step | scans/s |\n|---|---|---|")
   for name, med, rate in rows:
     print(f"| {name} | {med:.3f} | {rate:.2f} |")
-  plain = dict((r[0], r[1]) for r in rows)
-  if "plain" in plain and "coarse3d" in plain:
-    print(f"\nCOARSE3D overhead over the plain step: "
-          f"{100 * (plain['coarse3d'] / plain['plain'] - 1):.1f}%")
+  print_split({name: med for name, med, _ in rows})
 
 
 if __name__ == "__main__":

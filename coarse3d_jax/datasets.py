@@ -71,8 +71,11 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 
 def _build(name: str, raw_to_learning: Mapping[int, int], inverse: Sequence[int],
            class_names: Sequence[str], colors_rgb: Sequence[Sequence[int]], sensor: dict,
-           splits: Mapping[str, Sequence[str]]) -> DatasetInfo:
-  """Assembles a DatasetInfo from the yaml-like dictionaries."""
+           splits: Mapping[str, Sequence[str]], absent: Sequence[str] = ()) -> DatasetInfo:
+  """Assembles a DatasetInfo from the yaml-like dictionaries.
+
+  `absent` names classes the data never contains; like class 0 they are left out of the metric.
+  """
   size = max(raw_to_learning) + 1
   learning_map = np.zeros(size, np.uint8)
   raw_known = np.zeros(size, bool)
@@ -82,6 +85,7 @@ def _build(name: str, raw_to_learning: Mapping[int, int], inverse: Sequence[int]
   num_classes = len(class_names)
   ignore = np.zeros(num_classes, bool)
   ignore[0] = True
+  ignore[[list(class_names).index(n) for n in absent]] = True
   return DatasetInfo(
       name=name, class_names=tuple(class_names), learning_map=_frozen(learning_map),
       learning_map_inv=_frozen(np.asarray(inverse, np.uint32)), ignore=_frozen(ignore),
@@ -115,6 +119,8 @@ _KITTI_SENSOR = dict(height=64, width=2048, fov_up=3.0, fov_down=-25.0, fov_left
 _KITTI_SPLITS = {"train": _seqs(0, 1, 2, 3, 4, 5, 6, 7, 9, 10), "val": _seqs(8),
                  "test": _seqs(*range(11, 22))}
 _SYNTHETIC_SPLITS = {"train": _seqs(0, 1, 2, 3), "val": _seqs(4)}
+# Classes the synthetic streets never contain (data_prep/synthetic.py): left out of its mIoU.
+_SYNTHETIC_ABSENT = ("motorcycle", "other-vehicle", "bicyclist", "motorcyclist", "other-ground")
 
 # ----------------------------------------------------------------------------- SemanticPOSS
 _POSS_NAMES = ("unlabeled", "people", "rider", "car", "trunk", "plants", "traffic-sign", "pole",
@@ -186,15 +192,16 @@ def _bgr_to_rgb(colors):
 
 def _make_all() -> dict[str, DatasetInfo]:
   nusc_map, nusc_inv = _nuscenes_maps()
-  kitti = lambda name, splits: _build(name, _KITTI_MAP, _KITTI_INV, _KITTI_NAMES,
-                                      _bgr_to_rgb(_KITTI_BGR), dict(_KITTI_SENSOR), splits)
+  kitti = lambda name, splits, absent=(): _build(
+      name, _KITTI_MAP, _KITTI_INV, _KITTI_NAMES, _bgr_to_rgb(_KITTI_BGR), dict(_KITTI_SENSOR),
+      splits, absent)
   return {
       "semantickitti": kitti("semantickitti", _KITTI_SPLITS),
       "semanticposs": _build("semanticposs", _POSS_MAP, _POSS_INV, _POSS_NAMES,
                              _bgr_to_rgb(_POSS_BGR), dict(_POSS_SENSOR), _POSS_SPLITS),
       "nuscenes": _build("nuscenes", nusc_map, nusc_inv, _NUSC_NAMES, _NUSC_RGB,
                          dict(_NUSC_SENSOR), _NUSC_SPLITS),
-      "synthetic": kitti("synthetic", _SYNTHETIC_SPLITS),
+      "synthetic": kitti("synthetic", _SYNTHETIC_SPLITS, _SYNTHETIC_ABSENT),
   }
 
 

@@ -10,6 +10,10 @@ _CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_H
                 "MEGASCALE_COORDINATOR_ADDRESS")
 
 
+class LaunchError(ValueError):
+  """Inconsistent multi-process launch flags."""
+
+
 def _slurm_multi_task() -> bool:
   return int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
@@ -26,7 +30,11 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   auto-detected by JAX. CPU processes exchange collectives through gloo. Only process 0 logs
   at INFO level.
   """
-  explicit = coordinator_address is not None
+  given = [v is not None for v in (coordinator_address, num_processes, process_id)]
+  if any(given) and not all(given):
+    raise LaunchError("--coordinator_address, --num_processes and --process_id go together: "
+                      "give all three (or none, to use the cluster's environment)")
+  explicit = all(given)
   if explicit or is_multi_process_env():
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs = {}

@@ -85,44 +85,9 @@ def evaluate_predictions(dataset: str, raw_dir, pred_dir, split: str = "val",
     pred = read_prediction(dataset, info, prediction_path(dataset, pred_dir, split, ref),
                            num_points, ref.points_path)
     conf += evaluation.confusion_matrix_np(pred, label, info.num_classes)
-  return results_from_confusion(info, conf, len(refs))
+  return evaluation.results_from_confusion(info, conf, len(refs))
 
 
-def results_from_confusion(info, conf: np.ndarray, num_scans: int) -> dict[str, Any]:
-  """JSON-ready results of a (C, C) confusion matrix (rows = truth) under the official rules."""
-  ignore = tuple(int(c) for c in np.flatnonzero(info.ignore)) or (0,)
-  protocol = evaluation.protocol_for(info.name)
-  per_class, miou = evaluation.iou_from_confusion(conf, ignore, protocol)
-  kept = conf.copy()
-  kept[list(ignore), :] = 0
-  present = (kept.sum(axis=0) + kept.sum(axis=1)) > 0
-  included = [c for c in range(info.num_classes) if c not in ignore]
-  present_ious = [per_class[c] for c in included if present[c]]
-  return {
-      "dataset": info.name, "protocol": protocol, "num_scans": num_scans,
-      "num_points": int(conf.sum()), "miou": miou,
-      "miou_present_classes": float(np.mean(present_ious)) if present_ious else float("nan"),
-      "accuracy": evaluation.accuracy_from_confusion(conf, ignore),
-      "per_class_iou": {info.class_names[c]: float(per_class[c]) for c in included},
-      "absent_classes": [info.class_names[c] for c in included if not present[c]],
-      "confusion_matrix": conf.tolist()}
-
-
-def report(info, results: dict[str, Any]) -> str:
-  """The per-class table and summary lines printed by the CLI."""
-  names = info.class_names
-  per_class = np.array([results["per_class_iou"].get(n, np.nan) for n in names])
-  present = np.array([n not in results["absent_classes"] for n in names])
-  ignore = tuple(int(c) for c in np.flatnonzero(info.ignore)) or (0,)
-  table = evaluation.format_iou_table(per_class, names, results["miou"], present, ignore)
-  lines = [f"{info.name}: {results['num_scans']} scans, {results['num_points']} points, "
-           f"protocol {results['protocol']}", table,
-           f"accuracy {100 * results['accuracy']:.2f} %"]
-  if results["absent_classes"]:
-    lines.append(f"classes with neither ground truth nor prediction: "
-                 f"{', '.join(results['absent_classes'])} (mIoU over the others: "
-                 f"{100 * results['miou_present_classes']:.2f})")
-  return "\n".join(lines)
 
 
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -147,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (EvaluateError, data_errors.DataError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  print(report(datasets.get_info(args.dataset), results))
+  print(evaluation.report(datasets.get_info(args.dataset), results))
   if args.json:
     export.atomic_write(args.json, (json.dumps(results, indent=2) + "\n").encode())
   return 0

@@ -12,6 +12,7 @@ reproduces either:
   whose union is empty gets NaN and is left out of the mean (nanmean).
 """
 from collections.abc import Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -119,4 +120,46 @@ def format_iou_table(per_class_iou, class_names: Sequence[str], miou: float,
     lines.append(f"{name:<{width}}  {value}{note}")
   lines.append("-" * (width + 10))
   lines.append(f"{'mIoU':<{width}}  {100 * miou:6.2f}")
+  return "\n".join(lines)
+
+
+def metric_ignore(info) -> tuple[int, ...]:
+  """Classes left out of a dataset's mIoU: 'unlabeled' and classes its data never contains."""
+  return tuple(int(c) for c in np.flatnonzero(info.ignore)) or (0,)
+
+
+def results_from_confusion(info, conf: np.ndarray, num_scans: int) -> dict[str, Any]:
+  """JSON-ready results of a (C, C) confusion matrix (rows = truth) under the official rules."""
+  ignore = metric_ignore(info)
+  protocol = protocol_for(info.name)
+  per_class, miou = iou_from_confusion(conf, ignore, protocol)
+  kept = conf.copy()
+  kept[list(ignore), :] = 0
+  present = (kept.sum(axis=0) + kept.sum(axis=1)) > 0
+  included = [c for c in range(info.num_classes) if c not in ignore]
+  present_ious = [per_class[c] for c in included if present[c]]
+  return {
+      "dataset": info.name, "protocol": protocol, "num_scans": num_scans,
+      "num_points": int(conf.sum()), "miou": miou,
+      "miou_present_classes": float(np.mean(present_ious)) if present_ious else float("nan"),
+      "accuracy": accuracy_from_confusion(conf, ignore),
+      "per_class_iou": {info.class_names[c]: float(per_class[c]) for c in included},
+      "absent_classes": [info.class_names[c] for c in included if not present[c]],
+      "confusion_matrix": conf.tolist()}
+
+
+def report(info, results: dict[str, Any]) -> str:
+  """The per-class table and summary lines printed by the CLI."""
+  names = info.class_names
+  per_class = np.array([results["per_class_iou"].get(n, np.nan) for n in names])
+  present = np.array([n not in results["absent_classes"] for n in names])
+  ignore = metric_ignore(info)
+  table = format_iou_table(per_class, names, results["miou"], present, ignore)
+  lines = [f"{info.name}: {results['num_scans']} scans, {results['num_points']} points, "
+           f"protocol {results['protocol']}", table,
+           f"accuracy {100 * results['accuracy']:.2f} %"]
+  if results["absent_classes"]:
+    lines.append(f"classes with neither ground truth nor prediction: "
+                 f"{', '.join(results['absent_classes'])} (mIoU over the others: "
+                 f"{100 * results['miou_present_classes']:.2f})")
   return "\n".join(lines)

@@ -1,4 +1,5 @@
 """Entry point: python -m coarse3d_jax.main --config configs/<x>.py --workdir DIR [--mode ...]."""
+import logging as py_logging
 import os
 import sys
 
@@ -18,10 +19,24 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
+class _LibraryInfoFilter(py_logging.Filter):
+  """Drops INFO lines of orbax and tfds (dozens per checkpoint / dataset); keeps warnings."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    noisy = any(f"{os.sep}{lib}{os.sep}" in record.pathname
+                for lib in ("orbax", "tensorflow_datasets"))
+    return record.levelno >= py_logging.WARNING or not noisy
+
+
 def main(argv):
   del argv
+  logging.get_absl_logger().addFilter(_LibraryInfoFilter())
   from coarse3d_jax import distributed  # pylint: disable=g-import-not-at-top
-  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  try:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  except distributed.LaunchError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   from coarse3d_jax import train  # pylint: disable=g-import-not-at-top
   from coarse3d_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from coarse3d_jax import input_pipeline  # pylint: disable=g-import-not-at-top

@@ -14,6 +14,7 @@ non-finite coordinates (not projectable) take the scan's most frequent predicted
 import argparse
 import concurrent.futures
 import dataclasses
+import json
 import pathlib
 import sys
 import time
@@ -29,6 +30,7 @@ from coarse3d_jax import projection
 from coarse3d_jax import visualize
 from data_prep import errors as data_errors
 from data_prep import readers
+from data_prep import weak_labels
 
 POINT_PAD = 16384  # KNN point buckets: one compile per bucket, not per scan.
 
@@ -59,8 +61,10 @@ class PreparedScan:
 
 
 def geometry_of(predictor: PredictorLike) -> dict[str, Any]:
-  """Image geometry the model was trained with: its DatasetInfo's (height, width, fov_*)."""
-  return dict(predictor.info.geometry)
+  """Image geometry the model was trained with (height, width, fov_*): the one saved with the
+  run when the predictor has it, else its dataset's default."""
+  saved = getattr(predictor, "geometry", None)
+  return dict(saved) if saved else dict(predictor.info.geometry)
 
 
 def projectable(points: np.ndarray) -> np.ndarray:
@@ -151,13 +155,45 @@ def _pixel_ground_truth(dataset: str, info, scan: PreparedScan) -> np.ndarray | 
   return np.where(scan.winner >= 0, label[np.maximum(scan.winner, 0)], 0).astype(np.int32)
 
 
+def training_weak_labels(predictor: PredictorLike) -> dict[str, Any] | None:
+  """The data_prep settings (dataset, label_ratio, protocol, voxel_size, seed) of the run's
+  training data, read from its data_dir; None when unavailable (then no weak-label panel)."""
+  config = getattr(predictor, "config", None)
+  path = pathlib.Path(getattr(config, "data_dir", "") or "/nonexistent") / ".data_prep"
+  try:
+    settings = json.loads((path / "config.json").read_text())
+    return {k: settings[k] for k in ("dataset", "label_ratio", "protocol", "voxel_size",
+                                     "seed")}
+  except (OSError, ValueError, KeyError):
+    return None
+
+
+def _pixel_weak_labels(dataset: str, info, scan: PreparedScan,
+                       weak: dict[str, Any] | None) -> np.ndarray | None:
+  """The weak labels data_prep drew for this scan (the draw is a function of (seed, dataset,
+  scan id)), as a pixel image; None without labels or settings of this dataset."""
+  if weak is None or weak["dataset"] != dataset or scan.ref.label_path is None:
+    return None
+  raw = readers.read_labels(dataset, scan.ref, len(scan.points))
+  label = datasets.map_labels(info, raw, source=str(scan.ref.label_path))[scan.finite]
+  rng = weak_labels.scan_rng(weak["seed"], dataset, scan.ref.scan_id)
+  drawn = weak_labels.weak_labels(weak["protocol"], scan.points[scan.finite, :3], label,
+                                  weak["label_ratio"], weak["voxel_size"], rng)
+  return np.where(scan.winner >= 0, drawn[np.maximum(scan.winner, 0)], 0).astype(np.int32)
+
+
 def write_extras(dataset: str, info, out_dir, scan: PreparedScan, pixel_pred: np.ndarray,
-                 labels: np.ndarray, picture: bool, ply: bool) -> None:
-  """Optional picture (OUT/pictures/<id>.png) and colored cloud (OUT/ply/<id>.ply) of a scan."""
+                 labels: np.ndarray, picture: bool, ply: bool,
+                 weak: dict[str, Any] | None = None) -> None:
+  """Optional picture (OUT/pictures/<id>.png) and colored cloud (OUT/ply/<id>.ply) of a scan.
+
+  `weak`: the training data's data_prep settings, to draw the scan's weak labels too.
+  """
   out_dir = pathlib.Path(out_dir)
   if picture:
     panels = visualize.scan_panels(info.colors_rgb, scan.image[..., 0], pixel_pred,
-                                   _pixel_ground_truth(dataset, info, scan), row_scale=2)
+                                   _pixel_ground_truth(dataset, info, scan),
+                                   _pixel_weak_labels(dataset, info, scan, weak), row_scale=2)
     visualize.write_png(out_dir / "pictures" / f"{_scan_name(scan.ref)}.png", panels)
   if ply:
     finite = scan.finite
@@ -215,6 +251,7 @@ def predict_scans(refs: Sequence[Any], dataset: str, predictor: PredictorLike, o
   if not refs:
     raise PredictError("no scans to predict")
   info, geometry, knn_params = predictor.info, geometry_of(predictor), _knn_params(knn)
+  weak = training_weak_labels(predictor) if pictures else None
   batches = [refs[i:i + batch_size] for i in range(0, len(refs), batch_size)]
   prepare = lambda batch: [prepare_scan(dataset, ref, geometry) for ref in batch]
   files, num_points, model_seconds, pad_to, start = [], 0, 0.0, max_points, time.time()
@@ -233,7 +270,7 @@ def predict_scans(refs: Sequence[Any], dataset: str, predictor: PredictorLike, o
         files.append(write_prediction(dataset, info, out_dir, split, scan, labels[i]))
         rank = index * batch_size + i
         write_extras(dataset, info, out_dir, scan, pixel_pred[i], labels[i],
-                     rank < pictures, rank < ply)
+                     rank < pictures, rank < ply, weak)
         num_points += len(scan.points)
       _log_progress(log, index, len(batches), min((index + 1) * batch_size, len(refs)),
                     len(refs), start)

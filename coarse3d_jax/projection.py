@@ -6,11 +6,13 @@ col = clamp(floor(u), 0, W - 1), row = clamp(floor(v), 0, H - 1). The closest po
 pixel (the reference writes points in order of decreasing depth); equal depths go to the point
 that comes first in the scan, so the winner never depends on a sort's tie order.
 
-The numpy version (data_prep, predict) computes the angles in float64: the reference's float32
-arithmetic puts about 1 point in 15,000 of a real scan one column off, on points that lie within
-float32 rounding (~1e-4 px) of a column boundary; float64 gives the pixel of the exact formula.
-The jnp version (on-device re-projection after 3D augmentation) is float32 and agrees with it
-except on such boundary points.
+The numpy version (data_prep, predict) repeats the reference's float32 arithmetic operation for
+operation (its field-of-view constants in float64, rounded to float32 where they meet the
+arrays), so every point of a real scan lands on the reference's pixel, including the ~1 in
+15,000 that lie within float32 rounding of a column edge, where the exact (float64) formula
+would pick the neighbouring column. Checkpoints trained with the reference see the same images.
+The jnp version (on-device re-projection after 3D augmentation) is float32 with XLA's own
+atan2/asin and agrees with it except on such edge points.
 """
 import jax
 import jax.numpy as jnp
@@ -18,35 +20,37 @@ import numpy as np
 
 
 def _fov_radians(fov_up, fov_down, fov_left, fov_right):
-  """(|down|, vertical, |left|, horizontal) in radians."""
+  """(|down|, vertical, |left|, horizontal) in radians, rounded as the reference computes them."""
   if not (fov_up >= fov_down and fov_right > fov_left):
     raise ValueError(f"bad field of view: up {fov_up}, down {fov_down}, left {fov_left}, "
                      f"right {fov_right}")
-  rad = np.pi / 180.0
-  down, left = abs(fov_down) * rad, abs(fov_left) * rad
-  return down, (abs(fov_up) + abs(fov_down)) * rad, left, (abs(fov_left) + abs(fov_right)) * rad
+  up, down = fov_up / 180.0 * np.pi, fov_down / 180.0 * np.pi
+  left, right = fov_left / 180.0 * np.pi, fov_right / 180.0 * np.pi
+  return abs(down), abs(up) + abs(down), abs(left), abs(left) + abs(right)
 
 
 def project_np(xyz: np.ndarray, height: int, width: int, fov_up: float, fov_down: float,
                fov_left: float = -180.0, fov_right: float = 180.0):
-  """Pixel and depth of every point.
+  """Pixel and depth of every point, in the reference's float32 arithmetic.
 
   Args:
-    xyz: (N, 3) finite coordinates (any float dtype).
+    xyz: (N, 3) finite coordinates (cast to float32, as stored in the scan files).
     height, width: image size; fov_*: degrees.
   Returns:
     row (N,) int32, col (N,) int32, depth (N,) float32.
   """
-  down, vertical, left, horizontal = _fov_radians(fov_up, fov_down, fov_left, fov_right)
-  x, y, z = np.array(np.asarray(xyz).T, np.float64)  # Contiguous rows: faster ufuncs.
-  depth = np.sqrt(x * x + y * y + z * z)
+  down, vertical, left, horizontal = (np.float32(a) for a in _fov_radians(
+      fov_up, fov_down, fov_left, fov_right))
+  xyz = np.asarray(xyz, np.float32)
+  x, y, z = np.array(xyz.T)  # Contiguous rows: faster ufuncs.
+  depth = np.sqrt(x * x + y * y + z * z)  # np.linalg.norm's float32 sum, in the same order.
   # A point at the origin has no direction: give it pitch 0 rather than NaN.
   sin_pitch = np.divide(z, depth, out=np.zeros_like(z), where=depth > 0)
-  pitch = np.arcsin(np.minimum(np.maximum(sin_pitch, -1.0), 1.0))
+  pitch = np.arcsin(np.minimum(np.maximum(sin_pitch, np.float32(-1)), np.float32(1)))
   yaw = -np.arctan2(y, x)
-  u = (yaw + left) / horizontal * width
-  v = (1.0 - (pitch + down) / vertical) * height
-  return _clamped_floor(v, height), _clamped_floor(u, width), depth.astype(np.float32)
+  u = (yaw + left) / horizontal * np.float32(width)
+  v = (np.float32(1) - (pitch + down) / vertical) * np.float32(height)
+  return _clamped_floor(v, height), _clamped_floor(u, width), depth
 
 
 def _clamped_floor(coord: np.ndarray, size: int) -> np.ndarray:

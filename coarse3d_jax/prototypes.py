@@ -124,8 +124,8 @@ def momentum_step(bank: Array, sums: Array, counts: Array, momentum: float) -> A
 
 
 def update_bank(bank: Array, embeddings: Array, labels: Array, valid: Array,
-                momentum: float = 0.999, num_iters: int = 3, epsilon: float = 0.05,
-                axis_name: str | None = None) -> tuple[Array, Array]:
+                momentum: float = 0.999, axis_name: str | None = None, *, num_iters: int = 3,
+                epsilon: float = 0.05) -> tuple[Array, Array]:
   """One momentum update of every class's sub-prototypes from labeled pixel embeddings.
 
   Per class k (all at once): Sinkhorn over the valid pixels labeled k against the M

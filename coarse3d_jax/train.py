@@ -84,7 +84,8 @@ def make_optimizer(config, steps_per_epoch: int, total_steps: int):
   return tx, schedule
 
 
-def make_settings(config, info, stats, steps_per_epoch: int) -> ts.StepSettings:
+def make_settings(config, info, stats, steps_per_epoch: int, total_steps: int
+                  ) -> ts.StepSettings:
   mean, std = normalization(config, info, stats)
   weak_counts = np.asarray(stats["splits"][config.train_split]["weak_class_counts"], np.float64)
   alpha = np.asarray(losses.focal_alpha(jnp.asarray(weak_counts, jnp.float32)))
@@ -100,13 +101,29 @@ def make_settings(config, info, stats, steps_per_epoch: int) -> ts.StepSettings:
       lovasz_weight=config.loss.lovasz_weight, aux_weight=config.loss.aux_weight,
       max_labeled_pixels=config.max_labeled_pixels, crop_width=config.train_crop_width,
       augment_mode=config.augment.mode, augment=config.augment,
-      steps_per_epoch=steps_per_epoch, num_epochs=config.num_epochs,
+      # The pseudo-label schedule runs over the epochs actually trained (num_train_steps wins).
+      steps_per_epoch=steps_per_epoch, num_epochs=max(1, -(-total_steps // steps_per_epoch)),
       contrast_enabled=config.contrast.enabled, contrast_weight=config.contrast.weight,
       contrast_warmup_steps=warmup, temperature=config.contrast.temperature,
       num_anchors=config.contrast.num_anchors, momentum=config.contrast.momentum,
       sinkhorn_iters=config.contrast.sinkhorn_iters,
       sinkhorn_epsilon=config.contrast.sinkhorn_epsilon,
       loss_variant=config.contrast.loss_variant, pseudo_labels=config.contrast.pseudo_labels)
+
+
+def warn_if_labels_capped(config, stats: dict) -> None:
+  """Focal, Lovasz and the bank see at most max_labeled_pixels weak labels per scan: say so when
+  the data has more (e.g. full supervision), since the losses are then computed on a subset."""
+  split = stats["splits"][config.train_split]
+  per_scan = split["num_weak_points"] / max(split["num_scans"], 1)
+  width = config.train_crop_width or int(stats["width"])
+  per_scan *= width / int(stats["width"])
+  if per_scan > config.max_labeled_pixels:
+    logging.warning(
+        "about %d weakly labeled points per (cropped) training scan, but max_labeled_pixels=%d: "
+        "the losses and the bank update use a random subset of them each step; raise "
+        "--config.max_labeled_pixels (up to H x W) for exact full-label losses",
+        per_scan, config.max_labeled_pixels)
 
 
 def make_setup(config: ml_collections.ConfigDict) -> Setup:
@@ -123,11 +140,12 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
         f"global batch of {config.batch_size}; nothing to train on")
   total = config.num_train_steps if config.num_train_steps > 0 else (
       config.num_epochs * steps_per_epoch)
+  warn_if_labels_capped(config, stats)
   tx, schedule = make_optimizer(config, steps_per_epoch, total)
   return Setup(
       config=config, info=info, builder=builder, mesh=make_mesh(),
       model=build_model(config, info.num_classes), tx=tx, schedule=schedule,
-      settings=make_settings(config, info, stats, steps_per_epoch),
+      settings=make_settings(config, info, stats, steps_per_epoch, total),
       steps_per_epoch=steps_per_epoch, total_steps=total,
       local_batch=local_batch_size(config.batch_size, "batch_size"),
       local_eval_batch=local_batch_size(config.eval_batch_size, "eval_batch_size"))
@@ -145,6 +163,28 @@ def initial_state(setup: Setup) -> ts.TrainState:
   return init(jax.random.PRNGKey(config.seed))
 
 
+def init_from_torch(setup: Setup, state: ts.TrainState) -> ts.TrainState:
+  """config.model.init_from: the variables of a reference PyTorch `.pth` (a released COARSE3D
+  model, or an encoder-only ImageNet checkpoint) replace the matching initial ones."""
+  path = setup.config.model.init_from
+  if not path:
+    return state
+  from coarse3d_jax.models import convert_torch  # pylint: disable=g-import-not-at-top
+  config = setup.config
+  try:
+    converted = convert_torch.convert_state_dict(
+        config.model.name, convert_torch.load_torch_checkpoint(path), config.model.width,
+        num_classes=setup.info.num_classes, embed_dim=config.model.embed_dim, strict=False)
+    merged = convert_torch.merge_variables(
+        {"params": state.params, "batch_stats": state.batch_stats}, converted)
+  except (ImportError, convert_torch.ConversionError) as e:
+    raise TrainingError(f"model.init_from={path}: {e}") from e
+  replicated = jax.device_put(merged, NamedSharding(setup.mesh, P()))
+  count = sum(np.size(x) for x in jax.tree.leaves(converted))
+  logging.info("Initialized %d values from %s", count, path)
+  return state.replace(params=replicated["params"], batch_stats=replicated["batch_stats"])
+
+
 def compile_train_step(setup: Setup):
   step = functools.partial(ts.train_step, model=setup.model, tx=setup.tx,
                            schedule=setup.schedule, s=setup.settings)
@@ -160,7 +200,8 @@ def compile_eval_step(setup: Setup):
     knn = functools.partial(knn_lib.knn_from_batch, num_classes=setup.info.num_classes)
   step = functools.partial(ts.eval_step, model=setup.model, s=setup.settings, knn=knn)
   sharded = jax.shard_map(step, mesh=setup.mesh, in_specs=(P(), P(ts.AXIS)),
-                          out_specs={"points": P(), "pixels": P(), "pred": P(ts.AXIS)})
+                          out_specs={"points": P(), "pixels": P(), "num_scans": P(),
+                                     "pred": P(ts.AXIS)})
   return jax.jit(sharded)
 
 
@@ -195,19 +236,15 @@ def evaluate(setup: Setup, state: ts.TrainState, p_eval, split: str | None = Non
     # int64 on the host: a whole training split overflows int32 point counts.
     conf_points = conf_points + np.asarray(out["points"], np.int64)
     conf_pixels = conf_pixels + np.asarray(out["pixels"], np.int64)
-    num_scans += int(batch["example_valid"].sum())
+    num_scans += int(out["num_scans"])
     if picture_fn is not None:
       picture_fn(batch, _local_rows(out["pred"]))
-  protocol = evaluation.protocol_for(setup.info.name)
-  per_class, miou = evaluation.iou_from_confusion(conf_points, protocol=protocol)
-  _, pixel_miou = evaluation.iou_from_confusion(conf_pixels, protocol=protocol)
-  names = setup.info.class_names
-  return {"step": int(state.step), "split": split, "miou": float(miou),
-          "per_class_iou": {names[c]: float(per_class[c]) for c in range(1, len(names))},
-          "pixel_miou": float(pixel_miou),
-          "num_scans": num_scans * jax.process_count(),
-          "scans_per_second": num_scans * jax.process_count() / (time.time() - start),
-          "confusion_matrix": conf_points.tolist()}
+  results = evaluation.results_from_confusion(setup.info, conf_points, num_scans)
+  _, pixel_miou = evaluation.iou_from_confusion(
+      conf_pixels, evaluation.metric_ignore(setup.info), evaluation.protocol_for(setup.info.name))
+  results.update(step=int(state.step), split=split, pixel_miou=float(pixel_miou),
+                 scans_per_second=num_scans / (time.time() - start))
+  return results
 
 
 def picture_writer(setup: Setup, writer, step: int):
@@ -230,8 +267,7 @@ def picture_writer(setup: Setup, writer, step: int):
 
 def report_evaluation(setup: Setup, results: dict[str, Any], workdir: str, writer) -> None:
   """results.json, TensorBoard scalars and the per-class table (point-level mIoU)."""
-  per_class = np.asarray([np.nan] + list(results["per_class_iou"].values()))
-  table = evaluation.format_iou_table(per_class, setup.info.class_names, results["miou"])
+  table = evaluation.report(setup.info, results)
   logging.info("Evaluation on %s at step %d (point-level, official protocol):\n%s\n"
                "pixel-level mIoU (2D, not the benchmark metric): %.4f",
                results["split"], results["step"], table, results["pixel_miou"])
@@ -304,7 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     write_data_info(workdir, setup)
   ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
   state = initial_state(setup)
-  state = ckpt.restore(state) or state
+  state = ckpt.restore(state) or init_from_torch(setup, state)
   start = int(state.step)
   if start:
     logging.info("Resuming %s from step %d", workdir, start)
@@ -332,7 +368,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       writer.flush()
       ckpt.close()
       return None
-  if results is None:  # Nothing left to train: evaluate what was restored.
+  if results is None:  # Nothing left to train: evaluate what was restored (or imported).
+    if ckpt.latest.latest_step() is None:
+      ckpt.save(int(state.step), state)  # E.g. num_epochs=0 with init_from: for predict.
     results = evaluate(setup, state, p_eval)
     report_evaluation(setup, results, workdir, writer)
   writer.flush()

@@ -277,8 +277,9 @@ def eval_step(variables: dict[str, Any], batch: dict[str, Array], *, model,
               s: StepSettings, knn: Callable | None = None) -> dict[str, Array]:
   """Point and pixel confusion matrices of this device's scans, summed over all devices.
 
-  Returns dict with 'points' and 'pixels' (C, C) int32 global confusion matrices and the local
-  'pred' (B, H, W) int32 pixel predictions (never the ignore class 0).
+  Returns dict with 'points' and 'pixels' (C, C) int32 global confusion matrices, the global
+  'num_scans' (padding excluded) and the local 'pred' (B, H, W) int32 pixel predictions (never
+  the ignore class 0).
   """
   x = augment.normalize(batch["range_image"], jnp.asarray(s.mean), jnp.asarray(s.std))
   logits = model.apply(variables, x, train=False)["logits"]
@@ -296,5 +297,6 @@ def eval_step(variables: dict[str, Any], batch: dict[str, Array], *, model,
   pixel_label = batch["label"].astype(jnp.int32)
   conf_pixels = evaluation.confusion_matrix(
       pred, pixel_label, c, mask=(pixel_label > 0) & batch["example_valid"][:, None, None])
+  num_scans = jnp.sum(batch["example_valid"].astype(jnp.int32))
   return {"points": jax.lax.psum(conf_points, AXIS), "pixels": jax.lax.psum(conf_pixels, AXIS),
-          "pred": pred}
+          "num_scans": jax.lax.psum(num_scans, AXIS), "pred": pred}

@@ -38,6 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"  # Compute dtype; params and losses stay float32.
   config.model.embed_dim = 256
   config.model.dropout_rate = 0.2
+  # A reference PyTorch .pth to start from (needs the `torch` extra): a released COARSE3D model
+  # or an encoder-only (ImageNet) checkpoint; matching variables replace the initial ones.
+  # With num_epochs=0 the imported model is only evaluated, and saved as step 0 for predict.
+  config.model.init_from = ""
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.lr = 0.01

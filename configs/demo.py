@@ -1,4 +1,12 @@
-"""The built-in synthetic dataset at 0.1% labels, sized for a laptop CPU (`make demo`)."""
+"""The built-in synthetic dataset at 0.1% labels, sized for a laptop CPU (`make demo`).
+
+160 training scans (4 streets x 40), 12 epochs of 40 steps at batch 4 on 512-column crops:
+about 10 minutes on 2 CPU cores. Differences from the reference recipe, each measured on this
+data (README, Demo): a quarter-width SalsaNext, no Dropout2d (at 8 channels per layer, dropping
+whole channels slows learning down markedly), and the exact range-image augmentation (yaw roll
+and y-flip) instead of 3D augmentation with re-projection, whose translations leave ~half the
+pixels of a re-projected scan empty: a distribution shift that a short run cannot absorb.
+"""
 from configs import default
 
 
@@ -10,14 +18,15 @@ def get_config():
   config.max_points = 131_072
   config.batch_size = 4
   config.eval_batch_size = 4
-  config.num_epochs = 8
-  config.eval_every_steps = 200
-  config.checkpoint_every_steps = 100
+  config.num_epochs = 12
+  config.eval_every_steps = 240
+  config.checkpoint_every_steps = 120
   config.log_every_steps = 20
   config.train_crop_width = 512
   config.model.width = 0.25
-  config.optimizer.lr = 0.004
+  config.model.dropout_rate = 0.0
   config.optimizer.warmup_epochs = 0.5
   config.contrast.warmup_epochs = 1.0
+  config.augment.mode = "range"
   config.eval.num_pictures = 2
   return config

@@ -15,7 +15,7 @@ from data_prep import __main__ as cli
 from data_prep import readers
 from data_prep import weak_labels
 from tests.test_projection import KITTI
-from tests.test_projection import reference_projection
+from tests.test_projection import reference_float32
 
 KITTI_RAW_IDS = np.array([10, 40, 44, 48, 50, 70, 72, 80, 252], np.uint32)
 FEATURES = {"scan_id": ((), np.object_), "range_image": ((64, 2048, 5), np.float32),
@@ -104,7 +104,7 @@ def test_real_sample_round_trip(sample_out, sample_dir):
     label = info.learning_map[raw]
     np.testing.assert_array_equal(e["points"], points)
     np.testing.assert_array_equal(e["point_label"], label)
-    row, col, winner, _, depth = reference_projection(points, **KITTI)
+    row, col, depth, winner = reference_float32(points, **KITTI)  # RangeProjection's own.
     np.testing.assert_array_equal(e["point_row"], row)
     np.testing.assert_array_equal(e["point_col"], col)
     has = winner >= 0
@@ -274,6 +274,20 @@ def test_bad_input_is_one_clear_line_and_leaves_no_partial_shard(tmp_path, kind)
     assert_nothing_partial(out)
     assert not (out / "semantickitti-train.tfrecord-00001-of-00002").exists()
     assert not (out / "dataset_info.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["truncated_bin", "unknown_label"])
+def test_bad_input_in_a_worker_process_is_the_same_clear_line(tmp_path, kind):
+  """The error crosses the process pool intact; the pool stops; no temporary shard is left."""
+  raw, splits, expected = corrupt(tmp_path, kind)
+  out = tmp_path / "out"
+  rc, log = run_cli("--dataset", "semantickitti", "--raw-dir", raw, "--out-dir", out,
+                    "--label-ratio", "0.01", "--shard-size", "1", "--workers", "2", *splits)
+  assert rc == 1
+  errors = [line for line in log.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and errors[0].startswith(f"error: {expected}"), log
+  assert_nothing_partial(out)
+  assert not (out / "dataset_info.json").exists()
 
 
 def test_bad_scan_after_a_good_one_keeps_only_the_finished_shard(tmp_path):

@@ -13,6 +13,7 @@ Two fakes stand in for a trained model (both see only the range images, like a r
 import dataclasses
 import hashlib
 import json
+import types
 
 import numpy as np
 import pytest
@@ -190,6 +191,53 @@ def test_lost_pixels_take_the_winner_class_and_knn_batches(tmp_path, info):
     np.testing.assert_array_equal(got, info.learning_map_inv[np.asarray(want)[0]])
 
 
+def test_evaluate_imperfect_predictions_against_numpy(tmp_path, info, val_tree):
+  """Random raw predictions with instance bits and unmapped ids (which count as misses)."""
+  rng = np.random.default_rng(11)
+  refs = readers.list_scans("semantickitti", val_tree, "val")
+  raw_ids = np.flatnonzero(info.raw_known)
+  truth, guess = [], []
+  for ref in refs:
+    n = len(readers.read_points("semantickitti", ref))
+    pred = rng.choice(raw_ids, n).astype(np.uint32) | (rng.integers(0, 50, n, np.uint32) << 16)
+    pred[:5] = [2, 3, 300, 65535, 7]  # Not in the learning map: class 0, a miss.
+    export.write_kitti_labels(tmp_path, ref.sequence, ref.frame, pred, n)
+    gt = np.fromfile(ref.label_path, "<u4") & 0xFFFF
+    truth.append(np.array([info.learning_map[g] for g in gt]))
+    guess.append(np.array([info.learning_map[p] if p < len(info.learning_map) else 0
+                           for p in pred & 0xFFFF]))
+  truth, guess = np.concatenate(truth), np.concatenate(guess)
+  keep = truth > 0
+  classes = np.arange(1, info.num_classes)
+  tp = np.array([np.sum((truth == c) & (guess == c) & keep) for c in classes], np.float64)
+  fp = np.array([np.sum((truth != c) & (guess == c) & keep) for c in classes], np.float64)
+  fn = np.array([np.sum((truth == c) & (guess != c) & keep) for c in classes], np.float64)
+  iou = tp / (tp + fp + fn + 1e-15)
+  results = evaluate.evaluate_predictions("semantickitti", val_tree, tmp_path, "val")
+  assert results["num_points"] == len(truth) and 0 < keep.sum() < len(truth)
+  np.testing.assert_allclose(results["miou"], iou.mean(), rtol=1e-12)
+  got = [results["per_class_iou"][info.class_names[c]] for c in classes]
+  np.testing.assert_allclose(got, iou, rtol=1e-12)
+  assert 0 < results["miou"] < 0.5
+
+
+def test_truncated_scan_in_predict_is_one_clear_error(tmp_path, info, capsys, monkeypatch):
+  rng = np.random.default_rng(4)
+  write_tree(tmp_path / "raw", {"08": [pixel_rule_scan(info, rng), pixel_rule_scan(info, rng)]})
+  bad = tmp_path / "raw" / "sequences" / "08" / "velodyne" / "000001.bin"
+  bad.write_bytes(bad.read_bytes()[:-6])
+  monkeypatch.setattr(predict, "_load_predictor",
+                      lambda workdir, checkpoint: PixelRulePredictor(info))
+  out = tmp_path / "out"
+  argv = ["--workdir", str(tmp_path / "w"), "--raw-dir", str(tmp_path / "raw"), "--out-dir",
+          str(out), "--split", "val"]
+  assert predict.main(argv) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and f"{bad}: size" in err[0] and "not a multiple of 16" in err[0]
+  written = sorted(p.name for p in out.rglob("*") if p.is_file())
+  assert written in ([], ["000000.label"])  # Complete files only, never a partial one.
+
+
 def test_evaluate_names_missing_and_short_files(tmp_path, info, val_tree, capsys):
   refs = readers.list_scans("semantickitti", val_tree, "val")
   predict.predict_scans(refs, "semantickitti", PixelRulePredictor(info), tmp_path,
@@ -215,6 +263,34 @@ def test_evaluate_cli_json_and_pictures(tmp_path, info, val_tree, capsys):
   assert (tmp_path / "r.json").read_text().count('"miou": 1.0') == 1
   pictures = list((tmp_path / "pictures").glob("*.png"))
   assert len(pictures) == 1 and len(list((tmp_path / "ply").glob("*.ply"))) == 1
+
+
+def test_picture_weak_labels_are_the_ones_data_prep_drew(tmp_path, info, val_tree):
+  """Pictures redraw a scan's weak labels from the training data's data_prep settings: the
+  same pixels as the converted example, because the draw is seeded by the scan id."""
+  from data_prep import convert  # pylint: disable=g-import-not-at-top
+  settings = convert.Settings(dataset="semantickitti", label_ratio=0.05, seed=3)
+  data_dir = tmp_path / "tfds"
+  (data_dir / ".data_prep").mkdir(parents=True)
+  (data_dir / ".data_prep" / "config.json").write_text(json.dumps(
+      {**dataclasses.asdict(settings), "shard_size": 64}))
+  predictor = PixelRulePredictor(info)
+  predictor.config = types.SimpleNamespace(data_dir=str(data_dir))
+  weak = predict.training_weak_labels(predictor)
+  ref = readers.list_scans("semantickitti", val_tree, "val")[1]
+  example, _ = convert.convert_scan(settings, ref, labeled=True)
+  scan = predict.prepare_scan("semantickitti", ref, dict(info.geometry))
+  pixels = predict._pixel_weak_labels("semantickitti", info, scan, weak)  # pylint: disable=protected-access
+  drawn = example["point_weak_label"]  # Per kept point, as data_prep stored it.
+  assert (drawn > 0).sum() > 0 and (pixels > 0).sum() > 0
+  np.testing.assert_array_equal(pixels, np.where(scan.winner >= 0,
+                                                 drawn[np.maximum(scan.winner, 0)], 0))
+  predict.predict_scans([ref], "semantickitti", predictor, tmp_path / "out", pictures=1,
+                        log=lambda s: None)
+  png = next((tmp_path / "out" / "pictures").glob("*.png"))
+  panels = np.asarray(Image.open(png))
+  assert panels.shape[0] == 5 * 2 * H + 4 * 2  # depth, weak, prediction, truth, error.
+  assert predict.training_weak_labels(PixelRulePredictor(info)) is None
 
 
 def test_panels_colors_for_a_known_label(info):

@@ -2,6 +2,8 @@
 import json
 import os
 import re
+import subprocess
+import sys
 
 from absl import flags
 import jax
@@ -10,11 +12,15 @@ import pytest
 from ml_collections import config_flags
 
 from coarse3d_jax import checkpoints
+from coarse3d_jax import inference
 from coarse3d_jax import input_pipeline
+from coarse3d_jax import predict
 from coarse3d_jax import train
 from coarse3d_jax import train_step as ts
 from tests import tiny_data
 from tests.tiny_data import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +45,20 @@ def _restore(config, workdir, which="latest") -> ts.TrainState:
   return state
 
 
-def _tb_scalars(workdir: str, tag: str) -> list[float]:
+def _tb_values(workdir: str) -> dict[str, list]:
+  """Every TensorBoard tag of the workdir's event files -> its values in step order."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  values = []
+  values = {}
   for name in sorted(os.listdir(workdir)):
     if name.startswith("events.out.tfevents"):
       for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, name)):
         for v in event.summary.value:
-          if v.tag == tag:
-            values.append(float(tf.make_ndarray(v.tensor)))
+          values.setdefault(v.tag, []).append(tf.make_ndarray(v.tensor))
   return values
+
+
+def _tb_scalars(workdir: str, tag: str) -> list[float]:
+  return [float(v) for v in _tb_values(workdir).get(tag, [])]
 
 
 def test_tiny_run_learns_and_writes_results(full_run):
@@ -64,12 +74,25 @@ def test_tiny_run_learns_and_writes_results(full_run):
   with open(os.path.join(workdir, "results.json")) as f:
     saved = json.load(f)
   assert saved["step"] == 12 and saved["split"] == "val"
-  assert set(saved["per_class_iou"]) == set(train.datasets.get_info("synthetic").class_names[1:])
+  info = train.datasets.get_info("synthetic")
+  assert set(saved["per_class_iou"]) == {n for n, i in zip(info.class_names, info.ignore) if not i}
   assert saved["miou"] == pytest.approx(results["miou"])
   assert 0.0 <= saved["pixel_miou"] <= 1.0
   assert int(state.step) == 12
   norms = np.linalg.norm(np.asarray(state.bank), axis=-1)
   np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+  tags = _tb_values(workdir)
+  for tag in ("train/lr", "train/grad_norm", "train/scans_per_second", "train/lovasz",
+              "train/num_anchors", "eval/miou", "eval/pixel_miou", "eval_iou/road",
+              "eval/scans_per_second"):
+    assert tag in tags, tag
+  assert _tb_scalars(workdir, "eval/miou") == pytest.approx([results["miou"]])
+  image = tags["eval/scans"][0]  # Encoded PNGs of the prediction panels.
+  assert image[-1].startswith(b"\x89PNG")
+  # Checkpoints: the latest 3 (every 3 steps) and the best by mIoU (the one evaluation).
+  ckpt = checkpoints.Checkpoints(workdir)
+  assert ckpt.latest.all_steps() == [6, 9, 12] and ckpt.best.all_steps() == [12]
+  ckpt.close()
 
 
 def test_killed_and_resumed_run_ends_identical(full_run, data_dir, tmp_path):
@@ -103,8 +126,18 @@ def test_eval_miou_matches_numpy_confusion(full_run, data_dir):
   union = conf.sum(0) + conf.sum(1) - tp
   iou = tp[1:] / np.maximum(union[1:], 1e-15)
   assert results["num_scans"] == 4
-  np.testing.assert_allclose(results["miou"], iou.mean(), rtol=1e-12)
+  info = setup.info
+  included = [c for c in range(1, info.num_classes) if not info.ignore[c]]
+  np.testing.assert_allclose(results["miou"], iou[np.asarray(included) - 1].mean(), rtol=1e-12)
   np.testing.assert_array_equal(np.asarray(results["confusion_matrix"]), conf)
+  # The predictor that `python -m coarse3d_jax.predict` loads from the workdir agrees.
+  workdir = full_run[0]
+  predictor = inference.load_predictor(workdir, "latest")
+  assert predictor.step == 12 and predictor.geometry["height"] == tiny_data.HEIGHT
+  assert predict.geometry_of(predictor)["width"] == tiny_data.WIDTH
+  probs = predictor.predict(batches[0]["range_image"])
+  agree = (np.argmax(probs[..., 1:], -1) + 1) == preds[0]
+  assert agree.mean() > 0.999
 
 
 def _assert_trees_close(got, want, rel: float, what: str) -> None:
@@ -114,6 +147,29 @@ def _assert_trees_close(got, want, rel: float, what: str) -> None:
     scale = float(np.max(np.abs(b))) if b.size else 0.0
     # The floor absorbs leaves that are pure rounding (gradients of biases right before a BN).
     np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=rel * scale + 1e-8, err_msg=what)
+
+
+def test_evaluation_with_the_knn_switch(full_run, data_dir):
+  """config.eval.knn: point labels are the RangeNet++ vote (checked against numpy) over the
+  pixel predictions, not the plain pixel lookup."""
+  from tests.test_knn import _numpy_knn  # pylint: disable=g-import-not-at-top
+  _, plain, state = full_run
+  setup = train.make_setup(tiny_config(data_dir, **{"eval.knn": True}))
+  batches, preds = [], []
+  results = train.evaluate(setup, state, train.compile_eval_step(setup),
+                           picture_fn=lambda b, p: (batches.append(b), preds.append(p)))
+  conf = np.zeros((setup.info.num_classes,) * 2, np.int64)
+  for batch, pred in zip(batches, preds):
+    for i in np.flatnonzero(batch["example_valid"]):
+      n = batch["num_points"][i]
+      points = batch["points"][i, :n]
+      labels = _numpy_knn(batch["range_image"][i, ..., 0], pred[i],
+                          np.linalg.norm(points[:, :3], axis=1), batch["point_row"][i, :n],
+                          batch["point_col"][i, :n], setup.info.num_classes)
+      gt = batch["point_label"][i, :n].astype(np.int64)
+      np.add.at(conf, (gt[gt > 0], labels[gt > 0]), 1)
+  np.testing.assert_array_equal(np.asarray(results["confusion_matrix"]), conf)
+  assert results["confusion_matrix"] != plain["confusion_matrix"]
 
 
 # Adam's first moment after one step from zero is exactly (1 - b1) * grad, so comparing
@@ -135,6 +191,9 @@ def test_data_parallel_step_equals_single_device(data_dir, model_name, grad_rel)
     outputs.append(jax.device_get((state, metrics)))
   (one, m1), (four, m4) = outputs
   assert float(m1["num_anchors"]) > 0 and float(m1["contrast"]) > 0
+  # Total = focal + lovasz + 0.1 * contrast (DESIGN.md section 4).
+  np.testing.assert_allclose(m1["loss"], m1["focal"] + m1["lovasz"] + 0.1 * m1["contrast"],
+                             rtol=1e-6)
   for key in ("loss", "focal", "lovasz", "contrast", "num_anchors", "num_labeled"):
     np.testing.assert_allclose(m4[key], m1[key], rtol=2e-6, err_msg=key)
   np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=grad_rel, err_msg="grad_norm")
@@ -142,6 +201,91 @@ def test_data_parallel_step_equals_single_device(data_dir, model_name, grad_rel)
   _assert_trees_close(four.batch_stats, one.batch_stats, 1e-5, "batch_stats")
   _assert_trees_close(four.bank, one.bank, 1e-5, "bank")
   _assert_trees_close(four.params, one.params, 1e-5, "params")
+
+
+def test_no_contrast_and_no_bank_update_during_the_warm_up(data_dir):
+  setup = train.make_setup(tiny_config(data_dir))
+  batch = next(input_pipeline.train_iterator(setup.builder, setup.config, 0,
+                                             setup.steps_per_epoch))
+  state = train.initial_state(setup)
+  bank = np.asarray(state.bank)
+  state, metrics = train.compile_train_step(setup)(state, train.to_global(batch, setup.mesh))
+  assert float(metrics["contrast"]) == 0 and int(metrics["num_anchors"]) == 0
+  np.testing.assert_array_equal(np.asarray(state.bank), bank)
+  np.testing.assert_allclose(metrics["loss"], metrics["focal"] + metrics["lovasz"], rtol=1e-6)
+
+
+def test_bfloat16_training_tracks_float32(full_run, data_dir, tmp_path):
+  """model.dtype=bfloat16: float32 params, bank and losses; the run learns like float32."""
+  workdir, results, state = full_run
+  config = tiny_config(data_dir, **{"model.dtype": "bfloat16"})
+  bf16_results = train.train_and_evaluate(config, str(tmp_path))
+  bf16 = _restore(config, str(tmp_path))
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(bf16.params))
+  assert bf16.bank.dtype == np.float32
+  for tag in ("train/loss", "train/focal"):
+    want, got = _tb_scalars(workdir, tag), _tb_scalars(str(tmp_path), tag)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(np.mean(got[-4:]), np.mean(want[-4:]), rtol=0.1, err_msg=tag)
+  # The contrastive term (0.1 of the loss) samples anchors from the predictions: bfloat16
+  # changes which pixels are drawn, so it is checked to be there and falling, not equal.
+  contrast = _tb_scalars(str(tmp_path), "train/contrast")
+  assert contrast[4] > 0 and contrast[-1] < contrast[4]
+  accuracy = _tb_scalars(str(tmp_path), "train/labeled_accuracy")
+  assert np.mean(accuracy[-3:]) > 2 * np.mean(accuracy[:3])
+  assert bf16_results["miou"] == pytest.approx(results["miou"], abs=0.05)
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(bf16.bank), axis=-1), 1.0, atol=1e-5)
+
+
+def _run_main(*args: str, config_file: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  return subprocess.run([sys.executable, "-m", "coarse3d_jax.main", f"--config={config_file}",
+                         *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_main_evaluates_a_saved_checkpoint_and_reports_errors(full_run, data_dir, tmp_path):
+  workdir, results, _ = full_run
+  config_file = tmp_path / "tiny_config.py"
+  config_file.write_text("from tests.tiny_data import tiny_config\n\n\n"
+                         f"def get_config():\n  return tiny_config({data_dir!r})\n")
+  os.remove(os.path.join(workdir, "results.json"))
+  done = _run_main(f"--workdir={workdir}", "--mode=eval", "--checkpoint=best",
+                   config_file=str(config_file))
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(os.path.join(workdir, "results.json")) as f:
+    saved = json.load(f)
+  assert saved["step"] == 12 and saved["miou"] == pytest.approx(results["miou"], abs=1e-9)
+  assert "mIoU" in done.stderr  # The per-class table.
+  empty = _run_main(f"--workdir={tmp_path / 'empty'}", "--mode=eval",
+                    config_file=str(config_file))
+  assert empty.returncode == 1 and "no latest checkpoint to evaluate" in empty.stderr
+  partial = _run_main(f"--workdir={tmp_path / 'x'}", "--num_processes=2",
+                      config_file=str(config_file))
+  assert partial.returncode == 2 and "go together" in partial.stderr
+
+
+def test_init_from_a_reference_checkpoint(data_dir, monkeypatch, tmp_path):
+  """model.init_from: the tensors of a PyTorch state dict replace the matching initial ones;
+  a bad file stops the run with a message naming it."""
+  from coarse3d_jax.models import convert_torch  # pylint: disable=g-import-not-at-top
+  setup = train.make_setup(tiny_config(data_dir, **{"model.init_from": "ref.pth"}))
+  state = train.initial_state(setup)
+  head = state.params["cls_head"]["kernel"]  # (1, 1, F, C)
+  rng = np.random.default_rng(0)
+  weight = rng.normal(size=(head.shape[3], head.shape[2], 1, 1)).astype(np.float32)
+  bias = rng.normal(size=head.shape[3]).astype(np.float32)
+  monkeypatch.setattr(convert_torch, "load_torch_checkpoint", lambda path: {
+      "module.cls_head.weight": weight, "module.cls_head.bias": bias, "fc.weight": bias})
+  loaded = train.init_from_torch(setup, state)
+  np.testing.assert_array_equal(loaded.params["cls_head"]["kernel"][0, 0], weight[:, :, 0, 0].T)
+  np.testing.assert_array_equal(loaded.params["cls_head"]["bias"], bias)
+  np.testing.assert_array_equal(loaded.params["downCntx"]["conv1"]["kernel"],
+                                state.params["downCntx"]["conv1"]["kernel"])
+  monkeypatch.setattr(convert_torch, "load_torch_checkpoint", lambda path: {
+      "cls_head.weight": weight[:3]})
+  with pytest.raises(train.TrainingError, match="model.init_from=ref.pth: .*cls_head"):
+    train.init_from_torch(setup, state)
 
 
 def test_input_order_is_a_function_of_seed_and_epoch(data_dir):

@@ -139,6 +139,7 @@ def tiny_config(data_dir: str, **overrides) -> ml_collections.ConfigDict:
   config.contrast.num_anchors = 8
   config.contrast.sub_prototypes = 4
   config.shuffle_buffer = 8
+  config.augment.mode = "points"  # The reference recipe's path: 3D augmentation, re-projection.
   for key, value in overrides.items():
     sub = config
     *path, last = key.split(".")

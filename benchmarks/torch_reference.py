@@ -1,0 +1,189 @@
+"""Times the public PyTorch COARSE3D (astra-vision/COARSE3D) training step on CPU, as published.
+
+Nothing of the reference is copied here: it is imported at run time from a checkout whose root
+is on PYTHONPATH (``pc_processor/`` plus ``tasks/weak_segmentation/`` beside it). Driven:
+
+* ``pc_processor.models.SalsaNextProto``, built like ``tasks/weak_segmentation/main.py``
+  ``Experiment._initModel`` (5 input channels, 20 classes, 20 sub-prototypes, momentum 0.999);
+* ``tasks/weak_segmentation/trainer.py``: ``Trainer._initCriterion`` (``pc_processor.loss``
+  ``FocalSoftmaxLoss``, ``Lovasz_softmax``, ``ContrastMEMLoss``) and
+  ``Trainer.entropy_based_selection``, both called unbound on a stand-in ``self``;
+* every hyper-parameter from ``tasks/weak_segmentation/config_semantic_kitti.yaml``.
+
+One step re-states the body of ``Trainer.run(epoch, "Train")`` for one batch, in its order:
+input normalization, forward, focal loss on weakly labeled pixels, Lovasz-softmax, then for
+COARSE3D (an epoch >= ``contrast_warmup``) entropy-based pseudo-label selection, the contrastive
+loss against ``model.prototypes`` (anchor sampling, queue expansion), backward, AdamW step.
+Kinds: ``plain`` (epoch 0: no projection head), ``coarse3d`` (epoch ``contrast_warmup``,
+exactly what the trainer runs), and the extra ``coarse3d_proto``: ``coarse3d`` with the model's
+``use_prototype``/``proto_loss`` path on (``SalsaNextProto.prototype_learning``: per-class
+``distributed_sinkhorn`` and momentum bank update), which the published trainer never enables.
+
+Stubbed or left out, because they need a dataset, a GPU or a logger: the data loader (random
+batch below, same recipe as ``common.random_batch``), ``Tensor.cuda`` (identity while stepping:
+the reference calls it inside the losses), the dataset-derived ``learning_ignore`` (class 0 only),
+``Trainer.run``'s scheduler step, its per-iteration 3-D IoU meter and loggers. AdamW uses the
+config's weight decay 1e-5 (``Trainer._initOptimizer`` passes only ``lr``; same cost).
+"""
+import contextlib
+import importlib.util
+import os
+import sys
+import time
+import types
+
+_CONFIG = os.path.join("tasks", "weak_segmentation", "config_semantic_kitti.yaml")
+_TRAINER = os.path.join("tasks", "weak_segmentation", "trainer.py")
+_ref = None
+
+
+def _load():
+  """(torch, F, pc_processor, trainer module, config dict); raises ImportError/OSError."""
+  global _ref
+  if _ref is None:
+    import numpy as np  # pylint: disable=g-import-not-at-top,unused-import
+    import torch  # pylint: disable=g-import-not-at-top
+    import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+    import yaml  # pylint: disable=g-import-not-at-top
+    import pc_processor  # pylint: disable=g-import-not-at-top
+    import pc_processor.loss  # pylint: disable=g-import-not-at-top,unused-import
+    import pc_processor.models  # pylint: disable=g-import-not-at-top,unused-import
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pc_processor.__file__)))
+    with open(os.path.join(root, _CONFIG)) as f:
+      config = yaml.safe_load(f)
+    # trainer.py does `from option import Option`; option.py prepends "../../" to sys.path.
+    saved_path, had_option = list(sys.path), "option" in sys.modules
+    sys.path.insert(0, os.path.dirname(os.path.join(root, _TRAINER)))
+    try:
+      spec = importlib.util.spec_from_file_location("coarse3d_reference_trainer",
+                                                    os.path.join(root, _TRAINER))
+      trainer = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(trainer)
+    finally:
+      sys.path[:] = saved_path
+      if not had_option:
+        sys.modules.pop("option", None)
+    _ref = (torch, F, pc_processor, trainer, config)
+  return _ref
+
+
+def available() -> str | None:
+  """None when the reference can run here, else why not."""
+  try:
+    _load()
+  except Exception as e:  # pylint: disable=broad-except
+    return f"{type(e).__name__}: {e}"
+  return None
+
+
+@contextlib.contextmanager
+def _cuda_is_identity(torch):
+  saved = torch.Tensor.cuda
+  torch.Tensor.cuda = lambda self, *args, **kwargs: self
+  try:
+    yield
+  finally:
+    torch.Tensor.cuda = saved
+
+
+def _random_batch(batch, height, width, num_classes, label_fraction):
+  """common.random_batch's range image / full label / weak label (same rng call order)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  b, h, w = batch, height, width
+  image = rng.normal(size=(b, h, w, 5)).astype(np.float32)
+  valid = rng.random((b, h, w)) < 0.9
+  image[..., 0] = np.where(valid, rng.uniform(1, 50, (b, h, w)), -1)
+  label = np.where(valid, rng.integers(1, num_classes, (b, h, w)), 0).astype(np.uint8)
+  weak = np.where(rng.random((b, h, w)) < label_fraction, label, 0).astype(np.uint8)
+  return image.transpose(0, 3, 1, 2).copy(), label, weak
+
+
+def time_steps(kind: str, batch: int, height: int, width: int, steps: int,
+               label_fraction: float = 0.002, warmup: int = 2) -> list[float]:
+  """Wall seconds of each of `steps` reference training steps, after `warmup` untimed ones."""
+  if kind not in ("plain", "coarse3d", "coarse3d_proto"):
+    raise ValueError(f"unknown kind {kind!r}")
+  reason = available()
+  if reason is not None:
+    raise RuntimeError(f"PyTorch reference unavailable: {reason}")
+  torch, F, pc_processor, trainer, cfg = _load()
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(cfg["seed"])
+  np.random.seed(cfg["seed"])
+  settings = types.SimpleNamespace(**{k: v for k, v in cfg.items() if k != "config"}, config=cfg)
+  epoch = 0 if kind == "plain" else settings.contrast_warmup
+  return_feat = epoch >= settings.contrast_warmup
+  entropy_selection = settings.entropy_selection if return_feat else False
+  proto = kind == "coarse3d_proto"
+
+  with _cuda_is_identity(torch):
+    model = pc_processor.models.SalsaNextProto(
+        in_channel=settings.input_channels, nclasses=settings.n_classes,
+        sub_proto_size=settings.sub_proto_size, ignore_label=settings.ignore_cls,
+        proto_mom=settings.proto_momentum, dataset=settings.dataset, use_prototype=proto)
+    model.train()
+    # Trainer._initDataloader's class weights (learning_ignore comes from the dataset: class 0).
+    counts = np.asarray(list(cfg["cls_counts"].values()), dtype=np.float64)
+    cls_weight = 1 / (counts / counts.sum() + 1e-3)
+    cls_weight[0] = 0
+    host = types.SimpleNamespace(settings=settings, cls_weight=cls_weight, recorder=None)
+    criterion = trainer.Trainer._initCriterion(host)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
+                                  weight_decay=settings.weight_decay)
+    mean = torch.Tensor(cfg["sensor"]["img_mean"]).view(1, -1, 1, 1)
+    std = torch.Tensor(cfg["sensor"]["img_stds"]).view(1, -1, 1, 1)
+    image, label, weak = _random_batch(batch, height, width, settings.n_classes, label_fraction)
+    raw = torch.from_numpy(image)
+    train_label = torch.from_numpy(weak).long()
+    eval_label = torch.from_numpy(label).long()
+
+    def step():
+      wss_mask, eval_mask = train_label.gt(0), eval_label.gt(0)
+      input_feature = raw.clone()
+      input_feature[:, 0:5] = ((input_feature[:, 0:5] - mean) / std *
+                               eval_mask.unsqueeze(1).expand_as(input_feature[:, 0:5]))
+      _, h, w = eval_label.shape
+      extra = {"proto_loss": True} if proto else {}
+      out = model(input_feature, label=train_label if return_feat else None,
+                  eval_mask=wss_mask if return_feat else None, return_feat=return_feat, **extra)
+      pred_2d = out["pred_2d"]
+      if return_feat:
+        feat_2d = F.interpolate(out["feat_2d"], (h, w), mode="bilinear", align_corners=True)
+      total = torch.tensor(0.0)
+      total = total + settings.loss_w_ce_2d * criterion["focal_loss"](pred_2d, train_label,
+                                                                       mask=wss_mask)
+      total = total + settings.loss_w_lov_2d * criterion["lovasz"](pred_2d, train_label)
+      if entropy_selection:
+        with torch.no_grad():
+          ratio = 0.5 * np.log(1 + (1 + epoch) / settings.n_epochs) / np.log(2)
+          label_c, mask_c = trainer.Trainer.entropy_based_selection(
+              host, output=pred_2d, wss_mask=wss_mask, eval_mask=eval_mask,
+              train_label=train_label, select_ratio=ratio)
+      if settings.loss_w_contrast > 0 and return_feat:
+        queue = model.prototypes.detach().unsqueeze(0)
+        total = total + settings.loss_w_contrast * criterion["contrast_loss"](
+            feats=feat_2d, output=pred_2d, labels=label_c, keep_mask=mask_c, proto_queue=queue)
+      total = total.mean()
+      optimizer.zero_grad()
+      total.backward()
+      optimizer.step()
+      return total.item()
+
+    times = []
+    for i in range(warmup + steps):
+      start = time.perf_counter()
+      step()
+      if i >= warmup:
+        times.append(time.perf_counter() - start)
+  return times
+
+
+if __name__ == "__main__":
+  why = available()
+  if why is not None:
+    print(f"PyTorch reference unavailable: {why}")
+    sys.exit(0)
+  for k in ("plain", "coarse3d", "coarse3d_proto"):
+    print(k, ["%.3f" % t for t in time_steps(k, 1, 16, 128, 2, label_fraction=0.02, warmup=1)])
