@@ -149,8 +149,10 @@ def end_to_end(refs, scans: int, workers: int) -> tuple[float, float, float]:
 
 
 def scaling_rows(refs, scans: int, workers_list: list[int]) -> list[str]:
-  """Wall and CPU figures per worker count; CPU per scan leaves out start-up (a 2-scan run)."""
+  """Wall and CPU figures per worker count; CPU per scan leaves out start-up: the difference
+  with a 2-scan run, both after a first run has paid the one-time imports of this process."""
   rows = []
+  end_to_end(refs, 2, 1)  # TensorFlow (the shard writer) imported once, in this process.
   for workers in workers_list:
     _, cpu_small, _ = end_to_end(refs, 2, workers)
     wall, cpu, steady = end_to_end(refs, scans, workers)

@@ -11,6 +11,8 @@ from typing import Any
 import ml_collections
 import orbax.checkpoint as ocp
 
+from coarse3d_jax import export
+
 # Config entries that change the shapes or meaning of the saved state.
 STRUCTURAL_KEYS = ("dataset", "model.name", "model.width", "model.embed_dim",
                    "contrast.sub_prototypes", "contrast.enabled")
@@ -27,10 +29,7 @@ def _lookup(config: dict[str, Any], dotted: str) -> Any:
 
 
 def write_json_atomic(path: str, payload: Any) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  export.atomic_write(path, json.dumps(payload, indent=2, sort_keys=True).encode())
 
 
 def check_or_save_config(workdir: str, config: ml_collections.ConfigDict) -> None:

@@ -10,12 +10,13 @@ Layouts (DESIGN.md section 6):
   `sequences/NN/predictions/` for NN = 11..21 and every `.label` file, as semantic-kitti-api
   `validate_submission.py` requires.
 """
+import contextlib
 import json
 import os
 import pathlib
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -42,21 +43,29 @@ class SubmissionError(Exception):
   """A submission that the official validator would reject (message says why)."""
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> pathlib.Path:
-  """Writes `data` to a temporary file next to `path`, then renames it over `path`."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+  """A temporary file next to `path` to write; renamed over `path` when the block completes,
+  removed if it raises, so `path` is never seen half-written."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  os.close(fd)
   try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
+    yield pathlib.Path(tmp)
     os.chmod(tmp, _FILE_MODE)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
-  return path
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> pathlib.Path:
+  """Writes `data` to a temporary file next to `path`, then renames it over `path`."""
+  with atomic_path(path) as tmp:
+    tmp.write_bytes(data)
+  return pathlib.Path(path)
 
 
 def kitti_prediction_path(out_dir, sequence: str, frame: str) -> pathlib.Path:
@@ -115,10 +124,7 @@ def zip_kitti_submission(pred_dir, zip_path, sequences: Iterable[str] = KITTI_TE
   pred_dir, zip_path = pathlib.Path(pred_dir), pathlib.Path(zip_path)
   if zip_path.suffix != ".zip":
     raise ExportError(f"{zip_path}: a submission bundle must end with .zip")
-  zip_path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".tmp", dir=zip_path.parent)
-  os.close(fd)
-  try:
+  with atomic_path(zip_path) as tmp:
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
       bundle.writestr("sequences/", b"")
       for sequence in sequences:
@@ -129,12 +135,6 @@ def zip_kitti_submission(pred_dir, zip_path, sequences: Iterable[str] = KITTI_TE
         bundle.writestr(f"sequences/{sequence}/predictions/", b"")
         for label in sorted(source.glob("*.label")):
           bundle.write(label, f"sequences/{sequence}/predictions/{label.name}")
-    os.chmod(tmp, _FILE_MODE)
-    os.replace(tmp, zip_path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
   return zip_path
 
 

@@ -20,11 +20,11 @@ returns, remission = albedo x incidence cosine + noise. A scan has ~100-125k poi
 import dataclasses
 import functools
 import multiprocessing
-import os
 import pathlib
 
 import numpy as np
 
+from coarse3d_jax import export
 from data_prep import synthetic_geometry as geo
 
 SENSOR_HEIGHT = 1.73
@@ -334,12 +334,6 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
   return np.random.default_rng(np.random.SeedSequence([seed, *keys]))
 
 
-def _write_atomic(path: pathlib.Path, array: np.ndarray) -> None:
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  array.tofile(tmp)
-  os.replace(tmp, path)
-
-
 @functools.lru_cache(maxsize=4)
 def sequence_scene(seed: int, sequence: str) -> Scene:
   return make_scene(_rng(seed, int(sequence)))
@@ -351,8 +345,9 @@ def write_scan(raw_dir: pathlib.Path, seed: int, sequence: str, frame: int) -> p
                         _rng(seed, int(sequence), frame + 1))
   seq_dir = pathlib.Path(raw_dir) / "sequences" / sequence
   name = f"{frame:06d}"
-  _write_atomic(seq_dir / "labels" / f"{name}.label", labels)
-  _write_atomic(seq_dir / "velodyne" / f"{name}.bin", points)  # Last: marks the scan done.
+  export.atomic_write(seq_dir / "labels" / f"{name}.label", labels.tobytes())
+  # The scan file last: its presence marks a finished scan for a resumed generation.
+  export.atomic_write(seq_dir / "velodyne" / f"{name}.bin", points.tobytes())
   return seq_dir / "velodyne" / f"{name}.bin"
 
 

@@ -215,7 +215,12 @@ class ProjectionHead(nn.Module):
 
 def multiscale_features(features: Sequence[Array], height: int, width: int,
                         dtype: Dtype) -> Array:
-  """Bilinearly resizes every (B, h_i, w_i, C_i) map to (height, width) and concatenates."""
+  """Bilinearly resizes every (B, h_i, w_i, C_i) map to (height, width) and concatenates.
+
+  (Applying the head's first 1x1 conv to each map at its own resolution, which commutes with
+  the resize, has 2.6x fewer multiply-adds for SalsaNext but measured 1.6x slower on CPU: it
+  resizes 704 channels per map instead of C_i, and the resize's gradient is a scatter.)
+  """
   resized = [resize_bilinear(f.astype(dtype), height, width) for f in features]
   return jnp.concatenate(resized, axis=-1)
 
