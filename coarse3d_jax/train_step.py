@@ -22,6 +22,7 @@ from coarse3d_jax import evaluation
 from coarse3d_jax import losses
 from coarse3d_jax import prototypes
 from coarse3d_jax import sampling
+from coarse3d_jax.models import heads
 
 Array = jax.Array
 AXIS = "data"
@@ -170,13 +171,17 @@ def _per_scan(fn: Callable, keys: Array, *arrays: Array):
   return jax.vmap(one)(keys, *arrays)
 
 
-def contrast_loss(probs: Array, embedding: Array, weak: Array, valid_pix: Array,
+EmbedFn = Callable[[Array], Array]  # (B, K) flat pixel indices -> (B, K, D) unit embeddings.
+
+
+def contrast_loss(probs: Array, embed_at: EmbedFn, weak: Array, valid_pix: Array,
                   keys: Array, bank: Array, epoch: Array, s: StepSettings) -> tuple[Array, Array]:
   """Pseudo-labels, entropy-weighted anchors and the Pix2Proto loss (global mean).
 
   Args:
-    probs: (B, P, C) stop-gradient probabilities; embedding: (B, P, D); weak: (B, P) int32;
-    valid_pix: (B, P) bool; keys: (2, B) keys; bank: (C, M, D); epoch: int scalar.
+    probs: (B, P, C) stop-gradient probabilities; embed_at: the embedding at chosen pixels;
+    weak: (B, P) int32; valid_pix: (B, P) bool; keys: (2, B) keys; bank: (C, M, D);
+    epoch: int scalar.
   Returns:
     (loss, number of valid anchors in the global batch).
   """
@@ -191,7 +196,7 @@ def contrast_loss(probs: Array, embedding: Array, weak: Array, valid_pix: Array,
       lambda k, l, w: sampling.sample_anchors(k, l, w, s.num_classes, s.num_anchors),
       k_anchor, labels, weights)
   b, c, k = idx.shape
-  anchors = _take_rows(embedding, idx.reshape(b, c * k)).reshape(-1, embedding.shape[-1])
+  anchors = embed_at(idx.reshape(b, c * k)).reshape(b * c * k, -1)
   anchor_labels = jnp.broadcast_to(jnp.arange(c)[None, :, None], idx.shape).reshape(-1)
   loss = losses.pix2proto_loss(anchors, anchor_labels, anchor_valid.reshape(-1), bank,
                                temperature=s.temperature, variant=s.loss_variant,
@@ -199,10 +204,14 @@ def contrast_loss(probs: Array, embedding: Array, weak: Array, valid_pix: Array,
   return loss, jax.lax.psum(anchor_valid.sum(), AXIS)
 
 
-def update_bank(bank: Array, embedding: Array, weak: Array, idx: Array, valid: Array,
+def update_bank(bank: Array, embed_at: EmbedFn, weak: Array, idx: Array, valid: Array,
                 s: StepSettings) -> Array:
-  """Momentum update of the bank from the (stop-gradient) embeddings of labeled pixels."""
-  emb = jax.lax.stop_gradient(_take_rows(embedding, idx))
+  """Momentum update of the bank from the (stop-gradient) embeddings of labeled pixels.
+
+  Args:
+    bank: (C, M, D); weak: (B, P) int32; idx, valid: (B, K) labeled pixels (`gather_labeled`).
+  """
+  emb = jax.lax.stop_gradient(embed_at(idx))
   labels = _take_rows(weak, idx)
   new_bank, _ = prototypes.update_bank(
       bank, emb.reshape(-1, emb.shape[-1]), labels.reshape(-1), valid.reshape(-1),
@@ -211,32 +220,44 @@ def update_bank(bank: Array, embedding: Array, weak: Array, idx: Array, valid: A
   return new_bank
 
 
+def embedding_fn(model, coarse: Array, norm: dict[str, Array],
+                 image_hw: tuple[int, int]) -> EmbedFn:
+  """The model's dense embedding at chosen pixels, from its 'embedding_coarse' output.
+
+  Training reads the embedding at a few thousand pixels per scan (anchors, labeled pixels);
+  finishing it only there avoids resizing and normalizing (B, H, W, D) maps and their
+  gradients.
+  """
+  padded = heads.padded_size(*image_hw, model.stride)
+  return lambda pixels: heads.embedding_at(coarse, norm, pixels, padded, image_hw)
+
+
 def _model_loss(params, state: TrainState, model, x: Array, valid_pix: Array, weak: Array,
                 lab: tuple, keys: Array, dropout_rng: Array, contrast_on: Array,
                 s: StepSettings):
   """The total loss of the global batch and what the step needs from the forward pass."""
   out, mutated = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
-                             train=True, rngs={"dropout": dropout_rng},
-                             mutable=["batch_stats"])
+                             train=True, coarse_embedding=s.contrast_enabled,
+                             rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
   loss, metrics = supervised_loss(out["logits"], weak, *lab, s)
   for aux in out.get("aux_logits", ()):
     aux_loss, _ = supervised_loss(aux, weak, *lab, s)
     loss = loss + s.aux_weight * aux_loss
-  embedding = None
+  coarse = None
   if s.contrast_enabled:
     b, p = weak.shape[0], weak.shape[1] * weak.shape[2]
-    embedding = out["embedding"].reshape(b, p, -1)
+    coarse = out["embedding_coarse"]
+    embed_at = embedding_fn(model, coarse, params["embed_norm"], weak.shape[1:3])
     probs = jax.lax.stop_gradient(jax.nn.softmax(out["logits"], -1)).reshape(b, p, -1)
     epoch = state.step // s.steps_per_epoch
-    args = (probs, embedding, weak.reshape(b, p), valid_pix.reshape(b, p), keys,
-            state.bank, epoch)
+    args = (probs, weak.reshape(b, p), valid_pix.reshape(b, p), keys, state.bank, epoch)
     contrast, n_anchors = jax.lax.cond(
-        contrast_on, lambda a: contrast_loss(*a, s),
+        contrast_on, lambda a: contrast_loss(a[0], embed_at, *a[1:], s),
         lambda a: (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)), args)
     loss = loss + s.contrast_weight * contrast
     metrics.update(contrast=contrast, num_anchors=n_anchors)
   metrics["loss"] = loss
-  return loss, (mutated["batch_stats"], embedding, metrics)
+  return loss, (mutated["batch_stats"], coarse, metrics)
 
 
 def train_step(state: TrainState, batch: dict[str, Array], *, model, tx, schedule,
@@ -252,14 +273,15 @@ def train_step(state: TrainState, batch: dict[str, Array], *, model, tx, schedul
                                    jax.lax.axis_index(AXIS) + (1 << 20))
   contrast_on = state.step >= s.contrast_warmup_steps
   grad_fn = jax.value_and_grad(_model_loss, has_aux=True)
-  (_, (batch_stats, embedding, metrics)), grads = grad_fn(
+  (_, (batch_stats, coarse, metrics)), grads = grad_fn(
       state.params, state, model, x, image[..., 0] > 0, weak, lab,
       jnp.stack([k_pseudo, k_anchor]), dropout_rng, contrast_on, s)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   bank = state.bank
   if s.contrast_enabled:
+    embed_at = embedding_fn(model, coarse, state.params["embed_norm"], weak.shape[1:3])
     bank = jax.lax.cond(
-        contrast_on, lambda: update_bank(state.bank, embedding, weak.reshape(b, -1), *lab, s),
+        contrast_on, lambda: update_bank(state.bank, embed_at, weak.reshape(b, -1), *lab, s),
         lambda: state.bank)
   metrics.update(grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),

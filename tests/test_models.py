@@ -135,6 +135,55 @@ def test_resize_bilinear_align_corners(shape_in, shape_out):
   np.testing.assert_allclose(cropped, got[:, :cropped.shape[1], :cropped.shape[2]], rtol=1e-6)
 
 
+def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """(n_out, n_in) float64 align_corners=True linear interpolation matrix."""
+  m = np.zeros((n_out, n_in))
+  for i in range(n_out):
+    src = 0.0 if n_out == 1 else i * (n_in - 1) / (n_out - 1)
+    lo = min(int(np.floor(src)), n_in - 1)
+    hi = min(lo + 1, n_in - 1)
+    m[i, lo] += 1 - (src - lo)
+    m[i, hi] += src - lo
+  return m
+
+
+@pytest.mark.parametrize("shape_in,shape_out,crop", [
+    ((5, 7), (10, 14), None), ((8, 64), (32, 256), (30, 250)), ((64, 16), (32, 40), None),
+    ((1, 3), (4, 9), (2, 5))])
+def test_resize_bilinear_gradient_is_the_transposed_interpolation(shape_in, shape_out, crop):
+  """The custom gradient (a gather over outputs) equals M_h^T g M_w in float64."""
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(2,) + shape_in + (3,))
+  keep = crop or shape_out
+  mh = _interp_matrix(shape_in[0], shape_out[0])[:keep[0]]
+  mw = _interp_matrix(shape_in[1], shape_out[1])[:keep[1]]
+  y, vjp = jax.vjp(lambda a: heads.resize_bilinear(a, *shape_out, crop=crop),
+                   jnp.asarray(x, jnp.float32))
+  np.testing.assert_allclose(y, np.einsum("hi,wj,bijc->bhwc", mh, mw, x), rtol=1e-5, atol=1e-5)
+  g = rng.normal(size=y.shape)
+  (grad,) = vjp(jnp.asarray(g, jnp.float32))
+  np.testing.assert_allclose(grad, np.einsum("hi,wj,bhwc->bijc", mh, mw, g),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_multiscale_pointwise_equals_conv_of_the_concatenation():
+  """Per-map products resized and summed == the 1x1 conv of the resized concatenation."""
+  rng = np.random.default_rng(6)
+  shapes = [(12, 40, 3), (6, 20, 4), (3, 10, 5), (6, 5, 2), (12, 20, 3)]  # >, =, <, mixed
+  maps = [rng.normal(size=(2,) + s) for s in shapes]
+  layer = heads.MultiScalePointwise(7)
+  params = layer.init(jax.random.key(0), [jnp.asarray(m, jnp.float32) for m in maps], 6, 20)
+  kernel = rng.normal(size=(17, 7))
+  bias = rng.normal(size=(7,))
+  params = {"params": {"kernel": jnp.asarray(kernel[None, None], jnp.float32),
+                       "bias": jnp.asarray(bias, jnp.float32)}}
+  got = layer.apply(params, [jnp.asarray(m, jnp.float32) for m in maps], 6, 20)
+  resized = [np.einsum("hi,wj,bijc->bhwc", _interp_matrix(m.shape[1], 6),
+                       _interp_matrix(m.shape[2], 20), m) for m in maps]
+  want = np.concatenate(resized, axis=-1) @ kernel + bias
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 # ---- tiny real models ----
 
 def _torch_like_init(abstract, seed: int = 0):
@@ -199,10 +248,24 @@ def _check_outputs(out, shape, num_classes, dim):
 def test_tiny_forward_train(tiny, name):
   model, variables = tiny[name]
   x = _input((2, 32, 100, 5))
-  train_fn = jax.jit(lambda v, x, k: model.apply(v, x, train=True, rngs={"dropout": k},
-                                                 mutable=["batch_stats"]))
-  out, updates = train_fn(variables, x, _key(1))
+  pixels = jnp.asarray(np.random.default_rng(0).integers(0, 32 * 100, (2, 40)))
+
+  @jax.jit
+  def train_fn(v, x, k):
+    """Dense outputs, and the coarse embedding finished at `pixels` as training does."""
+    out, updates = model.apply(v, x, train=True, rngs={"dropout": k}, mutable=["batch_stats"])
+    coarse, _ = model.apply(v, x, train=True, coarse_embedding=True, rngs={"dropout": k},
+                            mutable=["batch_stats"])
+    sparse = heads.embedding_at(coarse["embedding_coarse"], v["params"]["embed_norm"], pixels,
+                                heads.padded_size(32, 100, model.stride), (32, 100))
+    return out, updates, sparse, coarse
+
+  out, updates, sparse, coarse = train_fn(variables, x, _key(1))
   _check_outputs(out, (2, 32, 100), 5, 16)
+  assert "embedding" not in coarse
+  dense = np.take_along_axis(np.asarray(out["embedding"]).reshape(2, -1, 16),
+                             np.asarray(pixels)[..., None], axis=1)
+  np.testing.assert_allclose(sparse, dense, rtol=1e-6, atol=1e-6)
   assert len(out["aux_logits"]) == NUM_AUX[name]
   for factor, aux in zip((2, 4, 8, 8), out["aux_logits"]):
     assert aux.shape == (2, 32, 100, 5) and np.isfinite(aux).all()

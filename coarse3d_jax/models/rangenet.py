@@ -212,8 +212,12 @@ class RangeNet21(nn.Module):
     return (self.dropout_rate,) * 3
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False) -> dict[str, Any]:
-    """x: (B, H, W, 5) normalized range image -> {'logits', 'embedding', 'aux_logits'}."""
+  def __call__(self, x: Array, train: bool = False,
+               coarse_embedding: bool = False) -> dict[str, Any]:
+    """x: (B, H, W, 5) normalized range image -> {'logits', 'embedding', 'aux_logits'}.
+
+    With `coarse_embedding`, 'embedding_coarse' replaces 'embedding' (`heads.embedding_output`).
+    """
     _, h, w, _ = x.shape
     xp = heads.pad_to_multiple(x.astype(self.dtype), *self.stride)
     ch = [heads.scale_channels(c, self.width) for c in (32, 64, 128, 256, 512, 1024)]
@@ -229,5 +233,6 @@ class RangeNet21(nn.Module):
     out = {"logits": heads.crop(logits, h, w).astype(jnp.float32), "aux_logits": ()}
     if self.projection_head:
       mix = [skips[s] for s in (1, 2, 4, 8)]
-      out["embedding"] = heads.embedding_output(self, mix, xp.shape[1:3], (h, w), train)
+      out.update(heads.embedding_output(self, mix, xp.shape[1:3], (h, w), train,
+                                        coarse_embedding))
     return out

@@ -123,8 +123,12 @@ class SalsaNext(nn.Module):
   stride = (16, 16)
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False) -> dict[str, Any]:
-    """x: (B, H, W, 5) normalized range image -> {'logits', 'embedding', 'aux_logits'}."""
+  def __call__(self, x: Array, train: bool = False,
+               coarse_embedding: bool = False) -> dict[str, Any]:
+    """x: (B, H, W, 5) normalized range image -> {'logits', 'embedding', 'aux_logits'}.
+
+    With `coarse_embedding`, 'embedding_coarse' replaces 'embedding' (`heads.embedding_output`).
+    """
     _, h, w, _ = x.shape
     xp = heads.pad_to_multiple(x.astype(self.dtype), *self.stride)
     base = heads.scale_channels(32, self.width, multiple=2)
@@ -143,5 +147,6 @@ class SalsaNext(nn.Module):
     logits = heads.conv(self.num_classes, 1, dtype=self.dtype, name="cls_head")(y)
     out = {"logits": heads.crop(logits, h, w).astype(jnp.float32), "aux_logits": ()}
     if self.projection_head:
-      out["embedding"] = heads.embedding_output(self, skips, xp.shape[1:3], (h, w), train)
+      out.update(heads.embedding_output(self, skips, xp.shape[1:3], (h, w), train,
+                                        coarse_embedding))
     return out

@@ -126,8 +126,12 @@ class SqueezeSegV3(nn.Module):
     return heads.conv(self.num_classes, kernel, dtype=self.dtype, name=name)(x)
 
   @nn.compact
-  def __call__(self, x: Array, train: bool = False) -> dict[str, Any]:
-    """x: (B, H, W, 5) normalized range image -> {'logits', 'embedding', 'aux_logits'}."""
+  def __call__(self, x: Array, train: bool = False,
+               coarse_embedding: bool = False) -> dict[str, Any]:
+    """x: (B, H, W, 5) normalized range image -> {'logits', 'embedding', 'aux_logits'}.
+
+    With `coarse_embedding`, 'embedding_coarse' replaces 'embedding' (`heads.embedding_output`).
+    """
     _, h, w, _ = x.shape
     xp = heads.pad_to_multiple(x.astype(self.dtype), *self.stride)
     ch = tuple(heads.scale_channels(c, self.width) for c in (32, 64, 128, 256, 256, 256))
@@ -145,5 +149,6 @@ class SqueezeSegV3(nn.Module):
            "aux_logits": tuple(crop_up(z) for z in aux) if train else ()}
     if self.projection_head:
       mix = [skips[1], skips[2], skips[4], feats]
-      out["embedding"] = heads.embedding_output(self, mix, xp.shape[1:3], (h, w), train)
+      out.update(heads.embedding_output(self, mix, xp.shape[1:3], (h, w), train,
+                                        coarse_embedding))
     return out
