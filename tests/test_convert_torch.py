@@ -117,6 +117,16 @@ def rangenet_state_dict() -> _StateDict:
   return sd
 
 
+def _sac_block(sd: _StateDict, prefix: str, c: int) -> None:
+  """A reference SAC block with c channels: attention conv on xyz, then the position MLP."""
+  sd.conv(f"{prefix}.attention_x.0", 9 * c, 3, 7)
+  sd.bn(f"{prefix}.attention_x.1", 9 * c)
+  sd.conv(f"{prefix}.position_mlp_2.0", c, 9 * c, 1)
+  sd.bn(f"{prefix}.position_mlp_2.1", c)
+  sd.conv(f"{prefix}.position_mlp_2.3", c, c, 3)
+  sd.bn(f"{prefix}.position_mlp_2.4", c)
+
+
 def squeezeseg_state_dict() -> _StateDict:
   sd = _StateDict()
   sd.conv("backbone.conv1", 32, 5, 3, bias=False)
@@ -126,13 +136,7 @@ def squeezeseg_state_dict() -> _StateDict:
   for i, (c, out, blocks, down) in enumerate(stages):
     key = f"backbone.enc{i + 1}"
     for j in range(blocks):
-      sac = f"{key}.residual_{j}"
-      sd.conv(f"{sac}.attention_x.0", 9 * c, 3, 7)
-      sd.bn(f"{sac}.attention_x.1", 9 * c)
-      sd.conv(f"{sac}.position_mlp_2.0", c, 9 * c, 1)
-      sd.bn(f"{sac}.position_mlp_2.1", c)
-      sd.conv(f"{sac}.position_mlp_2.3", c, c, 3)
-      sd.bn(f"{sac}.position_mlp_2.4", c)
+      _sac_block(sd, f"{key}.residual_{j}", c)
     if down:
       sd.conv(f"{key}.conv", out, c, 3, bias=False)
       sd.bn(f"{key}.bn", out)
@@ -387,12 +391,7 @@ def test_sac_block_conversion_matches_torch_semantics():
   rng = np.random.default_rng(3)
   c, pre = 3, "backbone.enc1.residual_0"
   sd = _StateDict()
-  sd.conv(f"{pre}.attention_x.0", 9 * c, 3, 7)
-  sd.bn(f"{pre}.attention_x.1", 9 * c)
-  sd.conv(f"{pre}.position_mlp_2.0", c, 9 * c, 1)
-  sd.bn(f"{pre}.position_mlp_2.1", c)
-  sd.conv(f"{pre}.position_mlp_2.3", c, c, 3)
-  sd.bn(f"{pre}.position_mlp_2.4", c)
+  _sac_block(sd, pre, c)
   p = {k: (rng.uniform(0.5, 1.5, s) if k.endswith("running_var") else rng.normal(size=s))
        for k, s in sd.shapes.items() if not k.endswith("num_batches_tracked")}
   variables = {}

@@ -7,14 +7,14 @@ float32, 'embedding' (B, H, W, D) float32 of unit L2 norm (when projection_head)
 """
 from typing import Any
 
-import flax.linen as nn
 import jax.numpy as jnp
 
+from coarse3d_jax.models import heads
 from coarse3d_jax.models.rangenet import RangeNet21
 from coarse3d_jax.models.salsanext import SalsaNext
 from coarse3d_jax.models.squeezeseg import SqueezeSegV3
 
-MODELS: dict[str, type[nn.Module]] = {
+MODELS: dict[str, type[heads.RangeNetwork]] = {
     "salsanext": SalsaNext,
     "rangenet21": RangeNet21,
     "squeezesegv3_21": SqueezeSegV3,
@@ -23,7 +23,8 @@ MODELS: dict[str, type[nn.Module]] = {
 
 def create_model(name: str, *, num_classes: int, width: float = 1.0, embed_dim: int = 256,
                  dtype: Any = jnp.float32, bn_axis_name: str | None = None,
-                 projection_head: bool = True, dropout_rate: float | None = None) -> nn.Module:
+                 projection_head: bool = True,
+                 dropout_rate: float | None = None) -> heads.RangeNetwork:
   """Builds backbone `name` (a key of MODELS).
 
   Args:

@@ -380,6 +380,48 @@ def embedding_at(coarse: Array, norm: dict[str, Array], pixels: Array,
   return normalize_embedding(top + fr * (bottom - top), norm["scale"], norm["bias"])
 
 
+class RangeNetwork(nn.Module):
+  """The attributes the three networks share, and how they pad inputs and assemble outputs.
+
+  Attributes:
+    num_classes: C (including the ignore class 0).
+    width: channel multiplier (1.0 = the reference architecture).
+    embed_dim: D of the projection head.
+    dtype: compute dtype (params stay float32; logits/embeddings are returned float32).
+    bn_axis_name: mesh axis for cross-device BatchNorm statistics in training.
+    projection_head: build the projection head and return 'embedding'.
+    dropout_rate: None keeps the reference's Dropout2d rates; a float replaces all of them.
+  Subclasses set `stride`, the (height, width) multiple inputs are padded to.
+  """
+  num_classes: int
+  width: float = 1.0
+  embed_dim: int = 256
+  dtype: Dtype = jnp.float32
+  bn_axis_name: str | None = None
+  projection_head: bool = True
+  dropout_rate: float | None = None
+
+  stride = (1, 1)
+
+  def pad_input(self, x: Array) -> Array:
+    """(B, H, W, 5) -> (B, Hp, Wp, 5) in the compute dtype, zero-padded to `stride`."""
+    return pad_to_multiple(x.astype(self.dtype), *self.stride)
+
+  def assemble_outputs(self, logits: Array, aux_logits: tuple[Array, ...],
+                       features: Sequence[Array], padded_hw: tuple[int, int],
+                       out_hw: tuple[int, int], train: bool,
+                       coarse_embedding: bool) -> dict[str, Any]:
+    """{'logits' (cropped, float32), 'aux_logits', and the head's embedding output}.
+
+    Called from the subclass's compact `__call__` (the head's submodules are created here);
+    `features` are the multi-scale maps of the projection head (`embedding_output`).
+    """
+    out = {"logits": crop(logits, *out_hw).astype(jnp.float32), "aux_logits": aux_logits}
+    if self.projection_head:
+      out.update(embedding_output(self, features, padded_hw, out_hw, train, coarse_embedding))
+    return out
+
+
 def crop(x: Array, height: int, width: int) -> Array:
   """Top-left (height, width) window of an NHWC array."""
   return x[:, :height, :width, :]

@@ -188,20 +188,13 @@ class DarknetBackbone(nn.Module):
     return x, skips
 
 
-class RangeNet21(nn.Module):
+class RangeNet21(heads.RangeNetwork):
   """RangeNet++ (DarkNet-21 encoder + decoder) with the COARSE3D projection head.
 
-  Attributes: as `SalsaNext`; dropout_rate=None keeps the reference rates (encoder 0.01,
-  decoder 0.001, head 0.01), a float replaces all of them. detach_skips=True reproduces the
-  reference's detached skip connections (also feeding the projection head).
+  Attributes: `heads.RangeNetwork`'s (reference dropout rates: encoder 0.01, decoder 0.001,
+  head 0.01); detach_skips=True reproduces the reference's detached skip connections (also
+  feeding the projection head).
   """
-  num_classes: int
-  width: float = 1.0
-  embed_dim: int = 256
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
-  projection_head: bool = True
-  dropout_rate: float | None = None
   detach_skips: bool = True
 
   stride = (1, 32)
@@ -214,12 +207,9 @@ class RangeNet21(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False,
                coarse_embedding: bool = False) -> dict[str, Any]:
-    """x: (B, H, W, 5) normalized range image -> {'logits', 'embedding', 'aux_logits'}.
-
-    With `coarse_embedding`, 'embedding_coarse' replaces 'embedding' (`heads.embedding_output`).
-    """
+    """x: (B, H, W, 5) normalized range image -> `heads.RangeNetwork.assemble_outputs`."""
     _, h, w, _ = x.shape
-    xp = heads.pad_to_multiple(x.astype(self.dtype), *self.stride)
+    xp = self.pad_input(x)
     ch = [heads.scale_channels(c, self.width) for c in (32, 64, 128, 256, 512, 1024)]
     enc_rate, dec_rate, head_rate = self._rates()
     kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
@@ -230,9 +220,6 @@ class RangeNet21(nn.Module):
                        **kw)(feats, skips, 32, train)[-1]
     y = heads.dropout2d(y, head_rate, train)
     logits = heads.conv(self.num_classes, 3, dtype=self.dtype, name="head")(y)
-    out = {"logits": heads.crop(logits, h, w).astype(jnp.float32), "aux_logits": ()}
-    if self.projection_head:
-      mix = [skips[s] for s in (1, 2, 4, 8)]
-      out.update(heads.embedding_output(self, mix, xp.shape[1:3], (h, w), train,
-                                        coarse_embedding))
-    return out
+    mix = [skips[s] for s in (1, 2, 4, 8)]
+    return self.assemble_outputs(logits, (), mix, xp.shape[1:3], (h, w), train,
+                                 coarse_embedding)

@@ -100,37 +100,20 @@ class UpBlock(nn.Module):
     return drop(y)
 
 
-class SalsaNext(nn.Module):
+class SalsaNext(heads.RangeNetwork):
   """SalsaNext with the COARSE3D projection head.
 
-  Attributes:
-    num_classes: C (including the ignore class 0).
-    width: channel multiplier (1.0 = reference, base 32 channels).
-    embed_dim: D of the projection head.
-    dtype: compute dtype (params stay float32; logits/embeddings are returned float32).
-    bn_axis_name: mesh axis for cross-device BatchNorm statistics in training.
-    projection_head: build the projection head and return 'embedding'.
-    dropout_rate: Dropout2d rate of the blocks (None = reference 0.2).
+  Attributes: `heads.RangeNetwork`'s (32 base channels at width 1; reference Dropout2d 0.2).
   """
-  num_classes: int
-  width: float = 1.0
-  embed_dim: int = 256
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
-  projection_head: bool = True
-  dropout_rate: float | None = None
 
   stride = (16, 16)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False,
                coarse_embedding: bool = False) -> dict[str, Any]:
-    """x: (B, H, W, 5) normalized range image -> {'logits', 'embedding', 'aux_logits'}.
-
-    With `coarse_embedding`, 'embedding_coarse' replaces 'embedding' (`heads.embedding_output`).
-    """
+    """x: (B, H, W, 5) normalized range image -> `heads.RangeNetwork.assemble_outputs`."""
     _, h, w, _ = x.shape
-    xp = heads.pad_to_multiple(x.astype(self.dtype), *self.stride)
+    xp = self.pad_input(x)
     base = heads.scale_channels(32, self.width, multiple=2)
     rate = 0.2 if self.dropout_rate is None else self.dropout_rate
     kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
@@ -145,8 +128,5 @@ class SalsaNext(nn.Module):
     for i, mult in enumerate([4, 4, 2, 1]):
       y = UpBlock(mult * base, rate, i < 3, name=f"upBlock{i + 1}", **kw)(y, skips[3 - i], train)
     logits = heads.conv(self.num_classes, 1, dtype=self.dtype, name="cls_head")(y)
-    out = {"logits": heads.crop(logits, h, w).astype(jnp.float32), "aux_logits": ()}
-    if self.projection_head:
-      out.update(heads.embedding_output(self, skips, xp.shape[1:3], (h, w), train,
-                                        coarse_embedding))
-    return out
+    return self.assemble_outputs(logits, (), skips, xp.shape[1:3], (h, w), train,
+                                 coarse_embedding)

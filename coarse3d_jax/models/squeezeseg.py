@@ -103,19 +103,12 @@ class SACBackbone(nn.Module):
     return x, skips
 
 
-class SqueezeSegV3(nn.Module):
+class SqueezeSegV3(heads.RangeNetwork):
   """SqueezeSegV3-21 with auxiliary heads and the COARSE3D projection head.
 
-  Attributes: as `SalsaNext`; dropout_rate=None keeps the reference rates (0.01 everywhere).
+  Attributes: `heads.RangeNetwork`'s (reference dropout rate 0.01 everywhere);
   detach_skips=True reproduces the reference's detached skip connections.
   """
-  num_classes: int
-  width: float = 1.0
-  embed_dim: int = 256
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
-  projection_head: bool = True
-  dropout_rate: float | None = None
   detach_skips: bool = True
 
   stride = (1, 8)
@@ -128,12 +121,9 @@ class SqueezeSegV3(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False,
                coarse_embedding: bool = False) -> dict[str, Any]:
-    """x: (B, H, W, 5) normalized range image -> {'logits', 'embedding', 'aux_logits'}.
-
-    With `coarse_embedding`, 'embedding_coarse' replaces 'embedding' (`heads.embedding_output`).
-    """
+    """x: (B, H, W, 5) normalized range image -> `heads.RangeNetwork.assemble_outputs`."""
     _, h, w, _ = x.shape
-    xp = heads.pad_to_multiple(x.astype(self.dtype), *self.stride)
+    xp = self.pad_input(x)
     ch = tuple(heads.scale_channels(c, self.width) for c in (32, 64, 128, 256, 256, 256))
     rate = 0.01 if self.dropout_rate is None else self.dropout_rate
     kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
@@ -145,10 +135,6 @@ class SqueezeSegV3(nn.Module):
     aux = [self._head(ys[3 - i], 1, f"head{4 - i}", train) for i in range(4)]
     crop_up = lambda z: heads.crop(heads.upsample_nearest(
         z, 1, xp.shape[2] // z.shape[2]), h, w).astype(jnp.float32)
-    out = {"logits": heads.crop(logits, h, w).astype(jnp.float32),
-           "aux_logits": tuple(crop_up(z) for z in aux) if train else ()}
-    if self.projection_head:
-      mix = [skips[1], skips[2], skips[4], feats]
-      out.update(heads.embedding_output(self, mix, xp.shape[1:3], (h, w), train,
-                                        coarse_embedding))
-    return out
+    aux_logits = tuple(crop_up(z) for z in aux) if train else ()
+    return self.assemble_outputs(logits, aux_logits, [skips[1], skips[2], skips[4], feats],
+                                 xp.shape[1:3], (h, w), train, coarse_embedding)
