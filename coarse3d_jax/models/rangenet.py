@@ -26,6 +26,17 @@ def _lrelu(x: Array) -> Array:
   return nn.leaky_relu(x, 0.1)
 
 
+def conv_bn_act(module: nn.Module, x: Array, features: int, train: bool, *, kernel: int = 3,
+                stride: tuple[int, int] = (1, 1), use_bias: bool = False,
+                names: tuple[str, str] = ("conv", "bn")) -> Array:
+  """Conv ('same' padding), BN (momentum 0.01), LeakyReLU(0.1); submodules named `names`."""
+  y = heads.conv(features, kernel, stride=stride, use_bias=use_bias, dtype=module.dtype,
+                 name=names[0])(x)
+  y = heads.batch_norm(train, momentum=DARKNET_BN_MOMENTUM, axis_name=module.bn_axis_name,
+                       dtype=module.dtype, name=names[1])(y)
+  return _lrelu(y)
+
+
 class BasicBlock(nn.Module):
   """Residual block: 1x1 conv to planes[0], 3x3 conv back to planes[1] (each BN, act)."""
   planes: tuple[int, int]
@@ -35,23 +46,9 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     """x: (B, H, W, planes[1]) -> same shape."""
-    bn = lambda name: heads.batch_norm(train, momentum=DARKNET_BN_MOMENTUM, dtype=self.dtype,
-                                       axis_name=self.bn_axis_name, name=name)
-    y = heads.conv(self.planes[0], 1, use_bias=False, dtype=self.dtype, name="conv1")(x)
-    y = _lrelu(bn("bn1")(y))
-    y = heads.conv(self.planes[1], 3, use_bias=False, dtype=self.dtype, name="conv2")(y)
-    y = _lrelu(bn("bn2")(y))
+    y = conv_bn_act(self, x, self.planes[0], train, kernel=1, names=("conv1", "bn1"))
+    y = conv_bn_act(self, y, self.planes[1], train, names=("conv2", "bn2"))
     return y + x
-
-
-def conv_bn_act(module: nn.Module, x: Array, features: int, train: bool, *,
-                stride: tuple[int, int] = (1, 1), use_bias: bool = False) -> Array:
-  """3x3 conv named 'conv' (padding 1), BN 'bn' (momentum 0.01), LeakyReLU(0.1)."""
-  y = heads.conv(features, 3, stride=stride, use_bias=use_bias, dtype=module.dtype,
-                 name="conv")(x)
-  y = heads.batch_norm(train, momentum=DARKNET_BN_MOMENTUM, axis_name=module.bn_axis_name,
-                       dtype=module.dtype, name="bn")(y)
-  return _lrelu(y)
 
 
 class UpConv(nn.Module):
@@ -173,10 +170,7 @@ class DarknetBackbone(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool) -> tuple[Array, dict[int, Array]]:
     """x: (B, H, W, 5) -> ((B, H, W / 32, channels[-1]), {1: ..., 2: ..., 16: ...})."""
-    bn = heads.batch_norm(train, momentum=DARKNET_BN_MOMENTUM, axis_name=self.bn_axis_name,
-                          dtype=self.dtype, name="bn1")
-    x = heads.conv(self.channels[0], 3, use_bias=False, dtype=self.dtype, name="conv1")(x)
-    x = _lrelu(bn(x))
+    x = conv_bn_act(self, x, self.channels[0], train, names=("conv1", "bn1"))
     skips, stride = {}, 1
     for i, blocks in enumerate(self.blocks):
       skips[stride] = jax.lax.stop_gradient(x) if self.detach_skips else x

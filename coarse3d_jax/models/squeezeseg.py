@@ -85,10 +85,7 @@ class SACBackbone(nn.Module):
   def __call__(self, x: Array, train: bool) -> tuple[Array, dict[int, Array]]:
     """x: (B, H, W, 5) -> ((B, H, W / 8, channels[-1]), {1: ..., 2: ..., 4: ...})."""
     xyz = x[..., 1:4]
-    x = heads.conv(self.channels[0], 3, use_bias=False, dtype=self.dtype, name="conv1")(x)
-    x = heads.batch_norm(train, momentum=rangenet.DARKNET_BN_MOMENTUM, dtype=self.dtype,
-                         axis_name=self.bn_axis_name, name="bn1")(x)
-    x = nn.leaky_relu(x, 0.1)
+    x = rangenet.conv_bn_act(self, x, self.channels[0], train, names=("conv1", "bn1"))
     skips, stride = {}, 1
     for i, blocks in enumerate((1, 1, 2, 2, 1)):
       down = i < 3
