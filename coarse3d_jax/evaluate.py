@@ -88,8 +88,6 @@ def evaluate_predictions(dataset: str, raw_dir, pred_dir, split: str = "val",
   return evaluation.results_from_confusion(info, conf, len(refs))
 
 
-
-
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m coarse3d_jax.evaluate",
                                    description=__doc__.split("\n")[0])

@@ -147,12 +147,17 @@ def write_prediction(dataset: str, info, out_dir, split: str, scan: PreparedScan
                                    len(scan.points))
 
 
-def _pixel_ground_truth(dataset: str, info, scan: PreparedScan) -> np.ndarray | None:
+def _point_labels(dataset: str, info, scan: PreparedScan) -> np.ndarray | None:
+  """Learning-map labels of the scan's projectable points; None for a scan without labels."""
   if scan.ref.label_path is None:
     return None
   raw = readers.read_labels(dataset, scan.ref, len(scan.points))
-  label = datasets.map_labels(info, raw, source=str(scan.ref.label_path))[scan.finite]
-  return np.where(scan.winner >= 0, label[np.maximum(scan.winner, 0)], 0).astype(np.int32)
+  return datasets.map_labels(info, raw, source=str(scan.ref.label_path))[scan.finite]
+
+
+def _on_pixels(scan: PreparedScan, point_values: np.ndarray) -> np.ndarray:
+  """Values of the projectable points -> (H, W) int32 image of each pixel's winner (0: empty)."""
+  return np.where(scan.winner >= 0, point_values[np.maximum(scan.winner, 0)], 0).astype(np.int32)
 
 
 def training_weak_labels(predictor: PredictorLike) -> dict[str, Any] | None:
@@ -168,18 +173,17 @@ def training_weak_labels(predictor: PredictorLike) -> dict[str, Any] | None:
     return None
 
 
-def _pixel_weak_labels(dataset: str, info, scan: PreparedScan,
+def _pixel_weak_labels(dataset: str, scan: PreparedScan, label: np.ndarray | None,
                        weak: dict[str, Any] | None) -> np.ndarray | None:
   """The weak labels data_prep drew for this scan (the draw is a function of (seed, dataset,
-  scan id)), as a pixel image; None without labels or settings of this dataset."""
-  if weak is None or weak["dataset"] != dataset or scan.ref.label_path is None:
+  scan id)) from its point labels `label`, as a pixel image; None without labels or settings
+  of this dataset."""
+  if weak is None or weak["dataset"] != dataset or label is None:
     return None
-  raw = readers.read_labels(dataset, scan.ref, len(scan.points))
-  label = datasets.map_labels(info, raw, source=str(scan.ref.label_path))[scan.finite]
   rng = weak_labels.scan_rng(weak["seed"], dataset, scan.ref.scan_id)
   drawn = weak_labels.weak_labels(weak["protocol"], scan.points[scan.finite, :3], label,
                                   weak["label_ratio"], weak["voxel_size"], rng)
-  return np.where(scan.winner >= 0, drawn[np.maximum(scan.winner, 0)], 0).astype(np.int32)
+  return _on_pixels(scan, drawn)
 
 
 def write_extras(dataset: str, info, out_dir, scan: PreparedScan, pixel_pred: np.ndarray,
@@ -191,9 +195,10 @@ def write_extras(dataset: str, info, out_dir, scan: PreparedScan, pixel_pred: np
   """
   out_dir = pathlib.Path(out_dir)
   if picture:
-    panels = visualize.scan_panels(info.colors_rgb, scan.image[..., 0], pixel_pred,
-                                   _pixel_ground_truth(dataset, info, scan),
-                                   _pixel_weak_labels(dataset, info, scan, weak), row_scale=2)
+    label = _point_labels(dataset, info, scan)
+    truth = None if label is None else _on_pixels(scan, label)
+    panels = visualize.scan_panels(info.colors_rgb, scan.image[..., 0], pixel_pred, truth,
+                                   _pixel_weak_labels(dataset, scan, label, weak), row_scale=2)
     visualize.write_png(out_dir / "pictures" / f"{_scan_name(scan.ref)}.png", panels)
   if ply:
     finite = scan.finite
