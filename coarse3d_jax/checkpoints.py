@@ -28,10 +28,6 @@ def _lookup(config: dict[str, Any], dotted: str) -> Any:
   return config
 
 
-def write_json_atomic(path: str, payload: Any) -> None:
-  export.atomic_write(path, json.dumps(payload, indent=2, sort_keys=True).encode())
-
-
 def check_or_save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Saves config.json in a fresh workdir; refuses a workdir trained with another structure."""
   path = os.path.join(workdir, "config.json")
@@ -46,7 +42,7 @@ def check_or_save_config(workdir: str, config: ml_collections.ConfigDict) -> Non
           f"{workdir}: holds a run with an incompatible config ({'; '.join(diffs)}); "
           "use a new --workdir or the original config")
   os.makedirs(workdir, exist_ok=True)
-  write_json_atomic(path, current)
+  export.atomic_write_json(path, current, indent=2, sort_keys=True)
 
 
 def load_saved_config(workdir: str) -> ml_collections.ConfigDict:

@@ -10,7 +10,6 @@ As in semantic-kitti-api, only the low 16 bits of a prediction are read and raw 
 the learning map count as class 0 (a miss); nuScenes predictions must lie in 1..16.
 """
 import argparse
-import json
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -112,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
   print(evaluation.report(datasets.get_info(args.dataset), results))
   if args.json:
-    export.atomic_write(args.json, (json.dumps(results, indent=2) + "\n").encode())
+    export.atomic_write_json(args.json, results, indent=2)
   return 0
 
 

@@ -68,6 +68,11 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> pathlib.Path:
   return pathlib.Path(path)
 
 
+def atomic_write_json(path: str | os.PathLike, obj, **dump_kwargs) -> pathlib.Path:
+  """`json.dumps(obj, **dump_kwargs)` plus a newline, written with `atomic_write`."""
+  return atomic_write(path, (json.dumps(obj, **dump_kwargs) + "\n").encode())
+
+
 def kitti_prediction_path(out_dir, sequence: str, frame: str) -> pathlib.Path:
   return pathlib.Path(out_dir) / "sequences" / sequence / "predictions" / f"{frame}.label"
 
@@ -115,7 +120,7 @@ def write_nuscenes_submission_json(out_dir, split: str, **meta: bool) -> pathlib
     raise ExportError(f"unknown submission meta keys {sorted(unknown)}")
   values = {k: bool(meta.get(k, v)) for k, v in NUSCENES_META.items()}
   path = pathlib.Path(out_dir) / split / "submission.json"
-  return atomic_write(path, (json.dumps({"meta": values}, indent=2) + "\n").encode())
+  return atomic_write_json(path, {"meta": values}, indent=2)
 
 
 def zip_kitti_submission(pred_dir, zip_path, sequences: Iterable[str] = KITTI_TEST_SEQUENCES

@@ -155,11 +155,6 @@ def _point_labels(dataset: str, info, scan: PreparedScan) -> np.ndarray | None:
   return datasets.map_labels(info, raw, source=str(scan.ref.label_path))[scan.finite]
 
 
-def _on_pixels(scan: PreparedScan, point_values: np.ndarray) -> np.ndarray:
-  """Values of the projectable points -> (H, W) int32 image of each pixel's winner (0: empty)."""
-  return np.where(scan.winner >= 0, point_values[np.maximum(scan.winner, 0)], 0).astype(np.int32)
-
-
 def training_weak_labels(predictor: PredictorLike) -> dict[str, Any] | None:
   """The data_prep settings (dataset, label_ratio, protocol, voxel_size, seed) of the run's
   training data, read from its data_dir; None when unavailable (then no weak-label panel)."""
@@ -183,7 +178,7 @@ def _pixel_weak_labels(dataset: str, scan: PreparedScan, label: np.ndarray | Non
   rng = weak_labels.scan_rng(weak["seed"], dataset, scan.ref.scan_id)
   drawn = weak_labels.weak_labels(weak["protocol"], scan.points[scan.finite, :3], label,
                                   weak["label_ratio"], weak["voxel_size"], rng)
-  return _on_pixels(scan, drawn)
+  return projection.pixel_values(drawn, scan.winner)
 
 
 def write_extras(dataset: str, info, out_dir, scan: PreparedScan, pixel_pred: np.ndarray,
@@ -196,7 +191,7 @@ def write_extras(dataset: str, info, out_dir, scan: PreparedScan, pixel_pred: np
   out_dir = pathlib.Path(out_dir)
   if picture:
     label = _point_labels(dataset, info, scan)
-    truth = None if label is None else _on_pixels(scan, label)
+    truth = None if label is None else projection.pixel_values(label, scan.winner)
     panels = visualize.scan_panels(info.colors_rgb, scan.image[..., 0], pixel_pred, truth,
                                    _pixel_weak_labels(dataset, scan, label, weak), row_scale=2)
     visualize.write_png(out_dir / "pictures" / f"{_scan_name(scan.ref)}.png", panels)

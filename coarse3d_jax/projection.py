@@ -86,6 +86,13 @@ def range_image_np(points: np.ndarray, row: np.ndarray, col: np.ndarray, depth: 
   return image.reshape(height, width, 5), winner.reshape(height, width)
 
 
+def pixel_values(values: np.ndarray, winner: np.ndarray, dtype=np.int32) -> np.ndarray:
+  """(H, W) image of per-point values (N,) at each pixel's winning point, 0 on empty pixels."""
+  if not len(values):
+    return np.zeros(winner.shape, dtype)
+  return np.where(winner >= 0, values[np.maximum(winner, 0)], 0).astype(dtype)
+
+
 def project_jnp(xyz: jax.Array, valid: jax.Array, height: int, width: int, fov_up: float,
                 fov_down: float, fov_left: float = -180.0, fov_right: float = 180.0):
   """jnp `project_np` (float32); invalid points get finite, meaningless pixels.

@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 from coarse3d_jax import checkpoints
 from coarse3d_jax import datasets
 from coarse3d_jax import evaluation
+from coarse3d_jax import export
 from coarse3d_jax import input_pipeline
 from coarse3d_jax import knn as knn_lib
 from coarse3d_jax import losses
@@ -277,7 +278,8 @@ def report_evaluation(setup: Setup, results: dict[str, Any], workdir: str, write
   writer.write_scalars(results["step"], scalars)
   if jax.process_index() == 0:
     summary = {k: v for k, v in results.items() if k != "confusion_matrix"}
-    checkpoints.write_json_atomic(os.path.join(workdir, "results.json"), summary)
+    export.atomic_write_json(os.path.join(workdir, "results.json"), summary, indent=2,
+                           sort_keys=True)
 
 
 class Progress:
@@ -318,9 +320,9 @@ def flush_metrics(pending: list[dict], step: int, writer, progress: Progress,
 def write_data_info(workdir: str, setup: Setup) -> None:
   """What inference needs besides the checkpoint: the input normalization and geometry."""
   s = setup.settings
-  checkpoints.write_json_atomic(os.path.join(workdir, "data_info.json"), {
+  export.atomic_write_json(os.path.join(workdir, "data_info.json"), {
       "dataset": setup.info.name, "mean": list(s.mean), "std": list(s.std),
-      "geometry": dict(s.geometry), "num_classes": s.num_classes})
+      "geometry": dict(s.geometry), "num_classes": s.num_classes}, indent=2, sort_keys=True)
 
 
 def _is_due(step: int, every: int, total: int) -> bool:

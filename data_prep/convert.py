@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from coarse3d_jax import datasets
+from coarse3d_jax import export
 from coarse3d_jax import projection
 from data_prep import readers
 from data_prep import weak_labels
@@ -76,13 +77,6 @@ def scan_pixels(dataset: str, ref: readers.ScanRef, points: np.ndarray, keep: np
   return tags[0][keep], tags[1][keep], depth
 
 
-def _pixel_values(values: np.ndarray, winner: np.ndarray) -> np.ndarray:
-  """(H, W) uint8 image of per-point values (N,) at the winning points, 0 on empty pixels."""
-  if not len(values):
-    return np.zeros(winner.shape, np.uint8)
-  return np.where(winner >= 0, values[np.maximum(winner, 0)], 0).astype(np.uint8)
-
-
 def convert_scan(settings: Settings, ref: readers.ScanRef,
                  labeled: bool) -> tuple[dict[str, Any], dict[str, Any]]:
   """One scan -> (example of DESIGN.md section 3, additive statistics).
@@ -109,9 +103,10 @@ def convert_scan(settings: Settings, ref: readers.ScanRef,
                                    settings.label_ratio, settings.voxel_size, rng)
   image, winner = projection.range_image_np(points, row, col, depth, info.height, info.width)
   example = {
-      "scan_id": ref.scan_id, "range_image": image, "label": _pixel_values(label, winner),
-      "weak_label": _pixel_values(weak, winner), "points": points, "point_label": label,
-      "point_weak_label": weak, "point_row": row.astype(np.int32),
+      "scan_id": ref.scan_id, "range_image": image,
+      "label": projection.pixel_values(label, winner, np.uint8),
+      "weak_label": projection.pixel_values(weak, winner, np.uint8), "points": points,
+      "point_label": label, "point_weak_label": weak, "point_row": row.astype(np.int32),
       "point_col": col.astype(np.int32)}
   return example, _scan_stats(info.num_classes, example, dropped)
 
@@ -201,7 +196,7 @@ def prepare_out_dir(out_dir: pathlib.Path, config: dict[str, Any]) -> pathlib.Pa
       changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
       raise DataError(f"{out_dir}: holds a conversion with other settings or inputs "
                       f"({', '.join(changed)} differ); use another --out-dir or delete it")
-  writer.write_json_atomic(config_path, config)
+  export.atomic_write_json(config_path, config, indent=1)
   return state
 
 
@@ -302,7 +297,8 @@ def _write_shards(settings: Settings, out_dir: pathlib.Path, state: pathlib.Path
             print(f"warning: {ref.points_path}: dropped {scan_stats['num_nonfinite_dropped']} "
                   "points with NaN/inf coordinates or at the origin", file=log)
           progress.update()
-        writer.write_json_atomic(_stats_path(state, shard), writer.stats_to_json(stats))
+        export.atomic_write_json(_stats_path(state, shard), writer.stats_to_json(stats),
+                                 indent=1)
         shard_writer.commit()
       except BaseException:
         shard_writer.abort()
@@ -335,7 +331,7 @@ def _finish(settings: Settings, out_dir: pathlib.Path, state: pathlib.Path,
       description=f"{settings.dataset} range images from python -m data_prep, label ratio "
                   f"{settings.label_ratio} ({settings.protocol} protocol, voxel "
                   f"{settings.voxel_size} m, seed {settings.seed})")
-  writer.write_json_atomic(out_dir / writer.STATS_FILE, stats)
+  export.atomic_write_json(out_dir / writer.STATS_FILE, stats, indent=1)
   return stats
 
 

@@ -5,7 +5,6 @@ a temporary name in the same directory and renamed when complete, so a final nam
 complete shard. Arrays are stored as raw bytes (tfds `Encoding.BYTES`): the decoded features have
 exactly the dtypes and shapes of DESIGN.md section 3, and serialization stays cheap.
 """
-import json
 import os
 import pathlib
 from typing import Any
@@ -101,14 +100,8 @@ def temp_path(final: pathlib.Path) -> pathlib.Path:
 
 
 def is_temp(path: pathlib.Path) -> bool:
-  return ".tmp-" in path.name
-
-
-def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  tmp = temp_path(path)
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
+  """A shard's (`temp_path`) or a file's (`export.atomic_path`) unfinished temporary."""
+  return ".tmp-" in path.name or (path.name.startswith(".") and path.name.endswith(".tmp"))
 
 
 class ShardWriter:

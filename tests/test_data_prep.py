@@ -14,6 +14,7 @@ from coarse3d_jax import datasets
 from data_prep import __main__ as cli
 from data_prep import readers
 from data_prep import weak_labels
+from data_prep import writer
 from tests.test_projection import KITTI
 from tests.test_projection import reference_float32
 
@@ -72,7 +73,7 @@ def shard_files(out: pathlib.Path) -> dict[str, bytes]:
 
 
 def assert_nothing_partial(out: pathlib.Path) -> None:
-  assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+  assert not [p for p in out.rglob("*") if writer.is_temp(p)]
 
 
 # ----------------------------------------------------------------------------- real sample
@@ -162,8 +163,12 @@ def test_rerun_skips_finished_shards(tiny_raw, tmp_path):
                            "semantickitti-train.tfrecord-00001-of-00002",
                            "semantickitti-val.tfrecord-00000-of-00001"]
   mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tfrecord-*")}
+  # Temporaries a killed run leaves (a shard's and an atomic JSON write's) are cleaned up.
+  (out / "semantickitti-train.tfrecord-00000-of-00002.tmp-123").write_bytes(b"x")
+  (out / ".stats.json.abc123.tmp").write_bytes(b"x")
   rc, log = convert_tiny(tiny_raw, out)
   assert rc == 0 and "0/4 shards to write" in log
+  assert_nothing_partial(out)
   assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tfrecord-*")} == mtimes
   (out / "semantickitti-train.tfrecord-00001-of-00002").unlink()
   rc, log = convert_tiny(tiny_raw, out)
@@ -490,7 +495,6 @@ def test_nuscenes_conversion(tmp_path):
 
 
 def test_example_encoder_is_byte_identical_to_tfds_deterministic_serialization():
-  from data_prep import writer  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.core import example_serializer  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   n = 1000

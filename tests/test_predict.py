@@ -280,8 +280,10 @@ def test_picture_weak_labels_are_the_ones_data_prep_drew(tmp_path, info, val_tre
   ref = readers.list_scans("semantickitti", val_tree, "val")[1]
   example, _ = convert.convert_scan(settings, ref, labeled=True)
   scan = predict.prepare_scan("semantickitti", ref, dict(info.geometry))
-  label = predict._point_labels("semantickitti", info, scan)  # pylint: disable=protected-access
-  pixels = predict._pixel_weak_labels("semantickitti", scan, label, weak)  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  label = predict._point_labels("semantickitti", info, scan)
+  pixels = predict._pixel_weak_labels("semantickitti", scan, label, weak)
+  # pylint: enable=protected-access
   drawn = example["point_weak_label"]  # Per kept point, as data_prep stored it.
   assert (drawn > 0).sum() > 0 and (pixels > 0).sum() > 0
   np.testing.assert_array_equal(pixels, np.where(scan.winner >= 0,
