@@ -1,7 +1,8 @@
 """Train-step and evaluation throughput: plain SalsaNext step vs the full COARSE3D step.
 
 Times the jitted data-parallel steps of coarse3d_jax on random range images with 0.1%-style
-weak labels (no dataset needed), after compilation, as medians over repeated steps:
+weak labels (no dataset needed), after compilation, as medians over repeated steps, all rows
+(and the reference's) interleaved round-robin so that a shared machine's drift hits each alike:
 
   python benchmarks/bench_train.py --batch 2 --height 64 --width 512 --steps 10
 
@@ -34,7 +35,6 @@ def parse_args():
   parser.add_argument("--model-width", type=float, default=1.0)
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--reference-steps", type=int, default=5)
   parser.add_argument("--devices", type=int, default=1)
   parser.add_argument("--label-fraction", type=float, default=0.002)
   parser.add_argument("--rows", default="plain,head,coarse3d,eval")
@@ -42,20 +42,16 @@ def parse_args():
   return parser.parse_args()
 
 
-def reference_rows(args) -> list[tuple[str, float, float]]:
-  """(name, median s/step, scans/s) of the PyTorch reference, or [] when it is unavailable."""
+def reference_steps(args) -> dict:
+  """name -> one-step callable of the PyTorch reference, or {} when it is unavailable."""
   from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
   reason = torch_reference.available()
   if args.no_reference or reason or args.model != "salsanext":
     print(f"(PyTorch reference skipped: {reason or 'not requested / not SalsaNext'})")
-    return []
-  rows = []
-  for kind in REFERENCE_KINDS:
-    times = torch_reference.time_steps(kind, args.batch, args.height, args.width,
-                                       args.reference_steps, args.label_fraction)
-    med = statistics.median(times)
-    rows.append((f"PyTorch reference {kind}", med, args.batch / med))
-  return rows
+    return {}
+  return {f"PyTorch reference {kind}": torch_reference.build_step(
+      kind, args.batch, args.height, args.width, args.label_fraction)
+          for kind in REFERENCE_KINDS}
 
 
 def print_split(times: dict[str, float]) -> None:
@@ -82,14 +78,14 @@ def main():
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import common  # pylint: disable=g-import-not-at-top
-  rows = []
+  steps = {}
   for row in args.rows.split(","):
-    fn, state, batch, scans = common.build(row, args)
-    times = common.time_steps(fn, state, batch, args.steps)
-    med = statistics.median(times)
-    rows.append((row, med, scans / med))
-    del fn, state, batch
-  rows += reference_rows(args)
+    fn, state, batch, _ = common.build(row, args)
+    steps[row] = common.stepper(fn, state, batch)
+  steps.update(reference_steps(args))
+  times = common.time_interleaved(steps, args.steps)
+  rows = [(name, statistics.median(t), args.batch / statistics.median(t))
+          for name, t in times.items()]
   print(f"# {common.hardware.describe(jax)} | jax {jax.__version__} | "
         f"{jax.device_count()} device(s) | {args.model} width {args.model_width} {args.dtype} | "
         f"batch {args.batch} x {args.height}x{args.width}")

@@ -69,12 +69,28 @@ def build(row: str, args):
           train.to_global({k: batch[k] for k in keys}, setup.mesh), args.batch)
 
 
-def time_steps(fn, state, batch, steps: int, warmup: int = 2) -> list[float]:
-  times = []
-  for i in range(warmup + steps):
-    start = time.perf_counter()
-    state, out = fn(state, batch)
+def stepper(fn, state, batch):
+  """A no-argument callable running one step of `fn` (carrying its state) to completion."""
+  box = [state]
+
+  def step():
+    box[0], out = fn(box[0], batch)
     jax.block_until_ready(out)
-    if i >= warmup:
-      times.append(time.perf_counter() - start)
+  return step
+
+
+def time_interleaved(steps: dict, rounds: int, warmup: int = 2) -> dict[str, list[float]]:
+  """Seconds per call of each no-argument step, timed round-robin (one call of each per round).
+
+  On a shared machine whose speed drifts by tens of percent over minutes, timing the rows one
+  after the other compares different machines; interleaving exposes every row to the same
+  drift, so their ratios (the figures that matter) are stable.
+  """
+  times = {name: [] for name in steps}
+  for i in range(warmup + rounds):
+    for name, step in steps.items():
+      start = time.perf_counter()
+      step()
+      if i >= warmup:
+        times[name].append(time.perf_counter() - start)
   return times

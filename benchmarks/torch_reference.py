@@ -99,9 +99,9 @@ def _random_batch(batch, height, width, num_classes, label_fraction):
   return image.transpose(0, 3, 1, 2).copy(), label, weak
 
 
-def time_steps(kind: str, batch: int, height: int, width: int, steps: int,
-               label_fraction: float = 0.002, warmup: int = 2) -> list[float]:
-  """Wall seconds of each of `steps` reference training steps, after `warmup` untimed ones."""
+def build_step(kind: str, batch: int, height: int, width: int,
+               label_fraction: float = 0.002):
+  """A no-argument callable running one reference training step (and returning its loss)."""
   if kind not in ("plain", "coarse3d", "coarse3d_proto"):
     raise ValueError(f"unknown kind {kind!r}")
   reason = available()
@@ -171,13 +171,10 @@ def time_steps(kind: str, batch: int, height: int, width: int, steps: int,
       optimizer.step()
       return total.item()
 
-    times = []
-    for i in range(warmup + steps):
-      start = time.perf_counter()
-      step()
-      if i >= warmup:
-        times.append(time.perf_counter() - start)
-  return times
+  def step_on_cpu():
+    with _cuda_is_identity(torch):
+      return step()
+  return step_on_cpu
 
 
 if __name__ == "__main__":
@@ -186,4 +183,6 @@ if __name__ == "__main__":
     print(f"PyTorch reference unavailable: {why}")
     sys.exit(0)
   for k in ("plain", "coarse3d", "coarse3d_proto"):
-    print(k, ["%.3f" % t for t in time_steps(k, 1, 16, 128, 2, label_fraction=0.02, warmup=1)])
+    smoke = build_step(k, 1, 16, 128, label_fraction=0.02)
+    start = time.perf_counter()
+    print(k, "loss %.4f" % smoke(), "%.3f s" % (time.perf_counter() - start))

@@ -123,20 +123,25 @@ def lovasz_softmax(probs: Array, labels: Array, ignore: int | None = 0,
   return jnp.sum(jnp.where(present, per_class, 0)) / jnp.maximum(jnp.sum(present), 1)
 
 
-def _pix2proto_seed(logits: Array, labels: Array) -> Array:
-  """-log(sum_pos exp / sum_{pos+neg} exp) per anchor. logits: (A, C, M); labels: (A,) in 1..C-1."""
-  own = jnp.take_along_axis(logits, labels[:, None, None], axis=1)[:, 0]
-  return (jax.nn.logsumexp(logits[:, 1:], axis=(1, 2))
-          - jax.nn.logsumexp(own, axis=-1))
+def _pix2proto_seed(logits: Array, rows: Array) -> Array:
+  """-log(sum_pos exp / sum_{pos+neg} exp) per anchor.
+
+  logits: (A, C - 1, M) against the sub-prototypes of classes 1..C-1; rows: (A,) the anchor's
+  class - 1.
+  """
+  own = jnp.take_along_axis(logits, rows[:, None, None], axis=1)[:, 0]
+  return jax.nn.logsumexp(logits, axis=(1, 2)) - jax.nn.logsumexp(own, axis=-1)
 
 
-def _pix2proto_supcon(logits: Array, labels: Array, temperature: float) -> Array:
-  """Reference SupCon: -(tau / 0.07) * mean_p [l_p - log(exp(l_p) + sum_neg exp(l_n))]."""
-  num_classes = logits.shape[1]
-  own = jnp.take_along_axis(logits, labels[:, None, None], axis=1)[:, 0]
-  if num_classes > 2:  # Static: otherwise no anchor has a negative and log_prob = 0.
-    is_neg = (jnp.arange(num_classes)[None, :] != labels[:, None]) & (
-        jnp.arange(num_classes)[None, :] > 0)
+def _pix2proto_supcon(logits: Array, rows: Array, temperature: float) -> Array:
+  """Reference SupCon: -(tau / 0.07) * mean_p [l_p - log(exp(l_p) + sum_neg exp(l_n))].
+
+  logits: (A, C - 1, M) as in `_pix2proto_seed`; rows: (A,) the anchor's class - 1.
+  """
+  num_rows = logits.shape[1]
+  own = jnp.take_along_axis(logits, rows[:, None, None], axis=1)[:, 0]
+  if num_rows > 1:  # Static: otherwise no anchor has a negative and log_prob = 0.
+    is_neg = jnp.arange(num_rows)[None, :] != rows[:, None]
     lse_neg = jax.nn.logsumexp(logits, axis=(1, 2), where=is_neg[:, :, None])
     log_prob = own - jnp.logaddexp(own, lse_neg[:, None])
   else:
@@ -164,18 +169,19 @@ def pix2proto_loss(anchors: Array, anchor_labels: Array, anchor_valid: Array, ba
   Returns:
     scalar float32.
   """
+  if variant not in ("seed", "supcon"):
+    raise ValueError(f"pix2proto_loss: unknown variant {variant!r} (expected 'seed' or 'supcon')")
   num_classes = bank.shape[0]
   anchor_labels = jnp.asarray(anchor_labels, jnp.int32)
   valid = anchor_valid & (anchor_labels > 0) & (anchor_labels < num_classes)
-  if num_classes < 2:
-    valid = jnp.zeros_like(valid)
-  labels = jnp.where(valid, anchor_labels, min(1, num_classes - 1))
-  bank = jax.lax.stop_gradient(bank).astype(jnp.float32)
-  logits = jnp.einsum("ad,cmd->acm", _float(anchors), bank) / temperature
+  if num_classes < 2:  # No class besides ignore: nothing to contrast.
+    return jnp.zeros((), jnp.float32)
+  # Class 0's sub-prototypes are neither positives nor negatives: leave them out of the product.
+  rows = jnp.where(valid, anchor_labels - 1, 0)
+  bank = jax.lax.stop_gradient(bank[1:]).astype(jnp.float32) / temperature
+  logits = jnp.einsum("ad,cmd->acm", _float(anchors), bank)
   if variant == "seed":
-    per_anchor = _pix2proto_seed(logits, labels)
-  elif variant == "supcon":
-    per_anchor = _pix2proto_supcon(logits, labels, temperature)
+    per_anchor = _pix2proto_seed(logits, rows)
   else:
-    raise ValueError(f"pix2proto_loss: unknown variant {variant!r} (expected 'seed' or 'supcon')")
+    per_anchor = _pix2proto_supcon(logits, rows, temperature)
   return _masked_mean(per_anchor, valid, axis_name)

@@ -121,15 +121,15 @@ def sample_anchors(rng: Array, labels: Array, weights: Array, num_classes: int,
     indices (B, C, K) int32 into N and valid (B, C, K) bool, K = num_per_class.
   """
   b = labels.shape[0]
-  classes = jnp.arange(num_classes, dtype=jnp.int32)
-  member = (labels.astype(jnp.int32)[:, None, :] == classes[None, :, None]) & (classes > 0)[
-      None, :, None]
+  classes = jnp.arange(1, num_classes, dtype=jnp.int32)  # Class 0 never draws.
+  member = labels.astype(jnp.int32)[:, None, :] == classes[None, :, None]
   class_weights = jnp.where(member, jnp.maximum(weights, 0).astype(jnp.float32)[:, None, :], 0)
   has_weight = jnp.sum(class_weights, axis=-1) > 0
   # Absent classes draw from a uniform dummy distribution; their draws are marked invalid.
   class_weights = jnp.where(has_weight[..., None], class_weights, 1)
-  keys = jax.random.split(rng, (b, num_classes))
+  keys = jax.random.split(rng, (b, num_classes))[:, 1:]
   draw = lambda k, w: _draw_with_replacement(k, w, num_per_class)
   idx = jax.vmap(jax.vmap(draw))(keys, class_weights)
   valid = jnp.broadcast_to(has_weight[..., None], idx.shape)
-  return jnp.where(valid, idx, 0), valid
+  idx = jnp.concatenate([jnp.zeros((b, 1, num_per_class), jnp.int32), jnp.where(valid, idx, 0)], 1)
+  return idx, jnp.concatenate([jnp.zeros((b, 1, num_per_class), bool), valid], 1)

@@ -166,6 +166,34 @@ def test_resize_bilinear_gradient_is_the_transposed_interpolation(shape_in, shap
                              rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("c_in,c_out", [(3, 7), (7, 3)])  # Both orders of the kernel product.
+def test_pointwise_product_gradient_matches_float64(c_in, c_out):
+  """The hand-written VJP: dx = g k^T and dk = x^T g over all pixels, in float64."""
+  rng = np.random.default_rng(7)
+  x, k = rng.normal(size=(2, 3, 5, c_in)), rng.normal(size=(c_in, c_out))
+  y, vjp = jax.vjp(heads.pointwise_product, jnp.asarray(x, jnp.float32),
+                   jnp.asarray(k, jnp.float32))
+  np.testing.assert_allclose(y, x @ k, rtol=1e-5, atol=1e-5)
+  g = rng.normal(size=y.shape)
+  dx, dk = vjp(jnp.asarray(g, jnp.float32))
+  np.testing.assert_allclose(dx, g @ k.T, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dk, np.einsum("bhwi,bhwo->io", x, g), rtol=1e-5, atol=1e-5)
+
+
+def test_pointwise_product_kernel_gradient_is_summed_over_devices():
+  """Under shard_map a replicated kernel's gradient is the whole batch's, as with autodiff."""
+  mesh = Mesh(np.asarray(jax.devices()[:4]), ("data",))
+  rng = np.random.default_rng(8)
+  x = jnp.asarray(rng.normal(size=(4, 3, 5, 6)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(6, 2)), jnp.float32)
+  loss = lambda k, x: jnp.sum(jnp.sin(heads.pointwise_product(x, k)))
+  sharded = jax.jit(jax.shard_map(
+      lambda k, x: jax.grad(lambda k: jax.lax.psum(loss(k, x), "data"))(k),
+      mesh=mesh, in_specs=(P(), P("data")), out_specs=P()))
+  want = jax.grad(lambda k: jnp.sum(jnp.sin(x @ k)))(k)
+  np.testing.assert_allclose(sharded(k, x), want, rtol=1e-5, atol=1e-5)
+
+
 def test_multiscale_pointwise_equals_conv_of_the_concatenation():
   """Per-map products resized and summed == the 1x1 conv of the resized concatenation."""
   rng = np.random.default_rng(6)
