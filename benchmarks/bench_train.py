@@ -12,18 +12,19 @@ evaluation (forward + point confusion matrix). The split of the COARSE3D additio
 head - plain (projection head) and COARSE3D - head (sampling, Pix2Proto, bank update).
 
 With torch and the reference code on PYTHONPATH (see benchmarks/torch_reference.py) the
-public PyTorch reference's steps are timed in the same run on the same batch size: 'plain',
+public PyTorch reference's steps are timed in the same run on the same batch size (in a
+separate process taking turns with ours, see torch_reference.serve): 'plain',
 'coarse3d' (what its trainer runs after the warm-up) and 'coarse3d_proto' (plus the prototype
 update its trainer never enables). `--devices N` splits the global batch over N simulated CPU
 devices (set before jax starts), which shows the data-parallel overhead on one machine, not a
 speed-up.
 """
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
-
-REFERENCE_KINDS = ("plain", "coarse3d", "coarse3d_proto")
 
 
 def parse_args():
@@ -42,16 +43,39 @@ def parse_args():
   return parser.parse_args()
 
 
-def reference_steps(args) -> dict:
-  """name -> one-step callable of the PyTorch reference, or {} when it is unavailable."""
-  from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
-  reason = torch_reference.available()
-  if args.no_reference or reason or args.model != "salsanext":
-    print(f"(PyTorch reference skipped: {reason or 'not requested / not SalsaNext'})")
-    return {}
-  return {f"PyTorch reference {kind}": torch_reference.build_step(
-      kind, args.batch, args.height, args.width, args.label_fraction)
-          for kind in REFERENCE_KINDS}
+def reference_round(args):
+  """A `rounds.timed_round`-like callable timing the PyTorch reference's steps in a separate
+  process (torch_reference.serve), or None when it is unavailable there."""
+  if args.no_reference or args.model != "salsanext":
+    print("(PyTorch reference skipped: not requested / not SalsaNext)")
+    return None
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_reference.py")
+  proc = subprocess.Popen(
+      [sys.executable, script, "--serve", str(args.batch), str(args.height), str(args.width),
+       str(args.label_fraction)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  hello = _next_json(proc)
+  if "ready" not in hello:
+    print(f"(PyTorch reference skipped: {hello.get('unavailable')})")
+    proc.stdin.close()
+    return None
+
+  def run() -> dict[str, float]:
+    proc.stdin.write("round\n")
+    proc.stdin.flush()
+    out = _next_json(proc)
+    if "unavailable" in out:
+      raise RuntimeError(f"PyTorch reference: {out['unavailable']}")
+    return {f"PyTorch reference {k}": v for k, v in out.items()}
+  return run
+
+
+def _next_json(proc) -> dict:
+  """The next JSON line of the reference process (the reference prints notes of its own)."""
+  for line in proc.stdout:
+    if line.startswith("{"):
+      return json.loads(line)
+    print(f"(reference says: {line.strip()})")
+  return {"unavailable": f"the reference process ended (exit {proc.wait()})"}
 
 
 def print_split(times: dict[str, float]) -> None:
@@ -62,12 +86,13 @@ def print_split(times: dict[str, float]) -> None:
         f"{100 * (times['coarse3d'] / plain - 1):.1f}% = projection head "
         f"{100 * (times['head'] / plain - 1):.1f}% + sampling, Pix2Proto and bank update "
         f"{100 * (times['coarse3d'] - times['head']) / plain:.1f}%")
-  reference = times.get("PyTorch reference coarse3d_proto") or times.get(
-      "PyTorch reference coarse3d")
-  if reference:
-    print(f"full COARSE3D step: {reference / times['coarse3d']:.2f}x faster than the reference's "
-          f"(with its prototype update); reference plain step / ours: "
-          f"{times['PyTorch reference plain'] / plain:.2f}x")
+  if "PyTorch reference plain" in times:
+    ours = times["coarse3d"]
+    print(f"full COARSE3D step vs the reference's: "
+          f"{times['PyTorch reference coarse3d'] / ours:.2f}x faster than its trainer as "
+          f"published, {times['PyTorch reference coarse3d_proto'] / ours:.2f}x than with its "
+          f"prototype update; plain steps: reference / ours = "
+          f"{times['PyTorch reference plain'] / plain:.2f}")
 
 
 def main():
@@ -78,12 +103,14 @@ def main():
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import common  # pylint: disable=g-import-not-at-top
+  from benchmarks import rounds  # pylint: disable=g-import-not-at-top
   steps = {}
   for row in args.rows.split(","):
     fn, state, batch, _ = common.build(row, args)
     steps[row] = common.stepper(fn, state, batch)
-  steps.update(reference_steps(args))
-  times = common.time_interleaved(steps, args.steps)
+  reference = reference_round(args)
+  times = rounds.time_interleaved(
+      [rounds.timed_round(steps)] + ([reference] if reference else []), args.steps)
   rows = [(name, statistics.median(t), args.batch / statistics.median(t))
           for name, t in times.items()]
   print(f"# {common.hardware.describe(jax)} | jax {jax.__version__} | "

@@ -1,6 +1,4 @@
-"""Shared pieces of the benchmark scripts: random inputs, step builders, timing, machine name."""
-import time
-
+"""Shared pieces of the benchmark scripts: random inputs, step builders, steppers, machine name."""
 import jax
 import numpy as np
 
@@ -10,10 +8,11 @@ from coarse3d_jax import datasets
 from coarse3d_jax import train
 
 
-def fake_stats(num_classes: int, height: int, width: int) -> dict:
+def fake_stats(num_classes: int, height: int, width: int, label_fraction: float) -> dict:
   counts = np.linspace(1000, 10, num_classes).astype(int).tolist()
   counts[0] = 0
-  split = {"mean": [0.0] * 5, "std": [1.0] * 5, "weak_class_counts": counts}
+  split = {"mean": [0.0] * 5, "std": [1.0] * 5, "weak_class_counts": counts, "num_scans": 1,
+           "num_weak_points": label_fraction * height * width}
   return {"height": height, "width": width, "splits": {"train": split}}
 
 
@@ -49,9 +48,8 @@ def build(row: str, args):
   """(step function, initial state or variables, global batch, scans per call) for a row."""
   config = bench_config(row, args)
   info = datasets.get_info("semantickitti")
-  settings = train.make_settings(config, info, fake_stats(info.num_classes, args.height,
-                                                          args.width), steps_per_epoch=100,
-                                 total_steps=10_000)
+  stats = fake_stats(info.num_classes, args.height, args.width, args.label_fraction)
+  settings = train.make_settings(config, info, stats, steps_per_epoch=100, total_steps=10_000)
   tx, schedule = train.make_optimizer(config, 100, 10_000)
   setup = train.Setup(config=config, info=info, builder=None, mesh=train.make_mesh(),
                       model=train.build_model(config, info.num_classes), tx=tx,
@@ -77,20 +75,3 @@ def stepper(fn, state, batch):
     box[0], out = fn(box[0], batch)
     jax.block_until_ready(out)
   return step
-
-
-def time_interleaved(steps: dict, rounds: int, warmup: int = 2) -> dict[str, list[float]]:
-  """Seconds per call of each no-argument step, timed round-robin (one call of each per round).
-
-  On a shared machine whose speed drifts by tens of percent over minutes, timing the rows one
-  after the other compares different machines; interleaving exposes every row to the same
-  drift, so their ratios (the figures that matter) are stable.
-  """
-  times = {name: [] for name in steps}
-  for i in range(warmup + rounds):
-    for name, step in steps.items():
-      start = time.perf_counter()
-      step()
-      if i >= warmup:
-        times[name].append(time.perf_counter() - start)
-  return times

@@ -1,7 +1,10 @@
 """Times the public PyTorch COARSE3D (astra-vision/COARSE3D) training step on CPU, as published.
 
 Nothing of the reference is copied here: it is imported at run time from a checkout whose root
-is on PYTHONPATH (``pc_processor/`` plus ``tasks/weak_segmentation/`` beside it). Driven:
+is on PYTHONPATH (``pc_processor/`` plus ``tasks/weak_segmentation/`` beside it), at a commit
+whose ``SalsaNextProto.forward`` uses its input (41de2207: the later clean-up commit 4abc9f4e
+carries debug lines that replace the input by a random 1x5x64x2048 tensor, on which the
+COARSE3D step then fails with a shape mismatch). Driven:
 
 * ``pc_processor.models.SalsaNextProto``, built like ``tasks/weak_segmentation/main.py``
   ``Experiment._initModel`` (5 input channels, 20 classes, 20 sub-prototypes, momentum 0.999);
@@ -27,6 +30,7 @@ config's weight decay 1e-5 (``Trainer._initOptimizer`` passes only ``lr``; same 
 """
 import contextlib
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -177,12 +181,40 @@ def build_step(kind: str, batch: int, height: int, width: int,
   return step_on_cpu
 
 
+KINDS = ("plain", "coarse3d", "coarse3d_proto")
+
+
+def serve(batch: int, height: int, width: int, label_fraction: float) -> None:
+  """Times one step of each kind per 'round' line on stdin, one JSON line of seconds each.
+
+  Run as a separate process by bench_train.py, taking turns with its own steps: in one process
+  with JAX, a JAX step right after PyTorch steps ran ~30% slower (measured), which two
+  processes avoid while still exposing both to the same machine drift.
+  """
+  why = available()
+  if why is not None:
+    print(json.dumps({"unavailable": why}), flush=True)
+    return
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from benchmarks import rounds  # pylint: disable=g-import-not-at-top
+  run = rounds.timed_round(
+      {kind: build_step(kind, batch, height, width, label_fraction) for kind in KINDS})
+  print(json.dumps({"ready": list(KINDS)}), flush=True)
+  for line in sys.stdin:
+    if line.strip() != "round":
+      break
+    print(json.dumps(run()), flush=True)
+
+
 if __name__ == "__main__":
+  if len(sys.argv) == 6 and sys.argv[1] == "--serve":
+    serve(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
+    sys.exit(0)
   why = available()
   if why is not None:
     print(f"PyTorch reference unavailable: {why}")
     sys.exit(0)
-  for k in ("plain", "coarse3d", "coarse3d_proto"):
+  for k in KINDS:
     smoke = build_step(k, 1, 16, 128, label_fraction=0.02)
     start = time.perf_counter()
     print(k, "loss %.4f" % smoke(), "%.3f s" % (time.perf_counter() - start))

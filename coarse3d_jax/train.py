@@ -1,6 +1,7 @@
 """The training job: setup, the jitted data-parallel steps, the loop, evaluation and logging."""
 import dataclasses
 import functools
+import math
 import os
 import time
 from typing import Any
@@ -100,7 +101,8 @@ def make_settings(config, info, stats, steps_per_epoch: int, total_steps: int
       mean=tuple(map(float, mean)), std=tuple(map(float, std)),
       focal_alpha=tuple(map(float, alpha)), focal_gamma=config.loss.focal_gamma,
       lovasz_weight=config.loss.lovasz_weight, aux_weight=config.loss.aux_weight,
-      max_labeled_pixels=config.max_labeled_pixels, crop_width=config.train_crop_width,
+      max_labeled_pixels=labeled_pixel_cap(config, stats),
+      crop_width=config.train_crop_width,
       augment_mode=config.augment.mode, augment=config.augment,
       # The pseudo-label schedule runs over the epochs actually trained (num_train_steps wins).
       steps_per_epoch=steps_per_epoch, num_epochs=max(1, -(-total_steps // steps_per_epoch)),
@@ -112,19 +114,30 @@ def make_settings(config, info, stats, steps_per_epoch: int, total_steps: int
       loss_variant=config.contrast.loss_variant, pseudo_labels=config.contrast.pseudo_labels)
 
 
-def warn_if_labels_capped(config, stats: dict) -> None:
-  """Focal, Lovasz and the bank see at most max_labeled_pixels weak labels per scan: say so when
-  the data has more (e.g. full supervision), since the losses are then computed on a subset."""
+def labeled_pixel_cap(config, stats: dict) -> int:
+  """Static number of weakly labeled pixels per scan that focal, Lovasz and the bank see.
+
+  config.max_labeled_pixels, or with 0 (auto) four times the mean weakly labeled points of a
+  (cropped) training scan, rounded up to a multiple of 256 and at most H x W': at 0.1% labels
+  a few hundred instead of thousands of mostly empty slots. A scan with more labeled pixels
+  than the cap contributes a random subset of them each step: say so when that is the norm.
+  """
   split = stats["splits"][config.train_split]
-  per_scan = split["num_weak_points"] / max(split["num_scans"], 1)
-  width = config.train_crop_width or int(stats["width"])
-  per_scan *= width / int(stats["width"])
-  if per_scan > config.max_labeled_pixels:
+  height, full_width = int(stats["height"]), int(stats["width"])
+  width = config.train_crop_width or full_width
+  per_scan = split["num_weak_points"] / max(split["num_scans"], 1) * width / full_width
+  cap = config.max_labeled_pixels
+  if cap <= 0:
+    cap = min(height * width, 256 * max(1, math.ceil(4 * per_scan / 256)))
+    logging.info("max_labeled_pixels: auto = %d per scan (%.0f weakly labeled points per "
+                 "training scan on average)", cap, per_scan)
+  elif per_scan > cap:
     logging.warning(
         "about %d weakly labeled points per (cropped) training scan, but max_labeled_pixels=%d: "
         "the losses and the bank update use a random subset of them each step; raise "
-        "--config.max_labeled_pixels (up to H x W) for exact full-label losses",
-        per_scan, config.max_labeled_pixels)
+        "--config.max_labeled_pixels (up to H x W, or 0 for auto) for exact full-label losses",
+        per_scan, cap)
+  return cap
 
 
 def make_setup(config: ml_collections.ConfigDict) -> Setup:
@@ -141,7 +154,6 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
         f"global batch of {config.batch_size}; nothing to train on")
   total = config.num_train_steps if config.num_train_steps > 0 else (
       config.num_epochs * steps_per_epoch)
-  warn_if_labels_capped(config, stats)
   tx, schedule = make_optimizer(config, steps_per_epoch, total)
   return Setup(
       config=config, info=info, builder=builder, mesh=make_mesh(),

@@ -30,7 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Fixed data shards (0 = one per process); a global batch takes a slice of each, so the
   # batches are the same whatever the number of processes reading them.
   config.input_shards = 0
-  config.max_labeled_pixels = 4096  # Per scan; static size of the labeled-pixel gather.
+  # Per scan; static size of the labeled-pixel gather. 0 = auto: 4x the mean weakly labeled
+  # points of a training scan (train.labeled_pixel_cap).
+  config.max_labeled_pixels = 0
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "salsanext"

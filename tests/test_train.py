@@ -365,3 +365,19 @@ def test_empty_train_split_is_refused(tmp_path):
   data_dir = tiny_data.write_tiny_dataset(str(tmp_path / "tfds"), num_train=2, num_val=1)
   with pytest.raises(train.TrainingError, match="fewer than one global batch"):
     train.make_setup(tiny_config(data_dir))
+
+
+def test_labeled_pixel_cap_auto_and_explicit():
+  """Auto: 4x the mean weakly labeled points of a cropped scan, in multiples of 256, <= H x W'."""
+  config = tiny_config("unused")
+  config.train_crop_width = 512
+  stats = lambda weak: {"height": 64, "width": 2048, "splits": {config.train_split: {
+      "num_scans": 10, "num_weak_points": weak}}}
+  config.max_labeled_pixels = 0
+  assert train.labeled_pixel_cap(config, stats(1_000)) == 256  # 25 per crop -> 100 -> 256.
+  assert train.labeled_pixel_cap(config, stats(40_000)) == 4096  # 1000 per crop -> 4000.
+  assert train.labeled_pixel_cap(config, stats(64 * 2048 * 10)) == 64 * 512  # Full labels.
+  config.train_crop_width = 0
+  assert train.labeled_pixel_cap(config, stats(40_000)) == 16_128  # 4000 per scan -> 16000.
+  config.max_labeled_pixels = 300
+  assert train.labeled_pixel_cap(config, stats(64 * 2048 * 10)) == 300
