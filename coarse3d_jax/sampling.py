@@ -110,26 +110,27 @@ def _draw_with_replacement(rng: Array, weights: Array, num_draws: int) -> Array:
 
 def sample_anchors(rng: Array, labels: Array, weights: Array, num_classes: int,
                    num_per_class: int = 512) -> tuple[Array, Array]:
-  """Per scan and class, `num_per_class` anchor pixels drawn with replacement, prob. ~ weights.
+  """Per scan and class 1..C-1, `num_per_class` pixels drawn with replacement, prob. ~ weights.
 
-  Classes 1..C-1 that occur in the scan's labels (with positive total weight) get valid draws;
-  the rest (and class 0, always) get index 0 and valid False.
+  Class 0 (no label) never has anchors, so it has no slot: slot j is class j + 1. Classes that
+  occur in the scan's labels (with positive total weight) get valid draws; the others get
+  index 0 and valid False.
 
   Args:
     rng: key; labels: (B, N) int32 (0 = none); weights: (B, N) >= 0 (e.g. anchor_weights).
   Returns:
-    indices (B, C, K) int32 into N and valid (B, C, K) bool, K = num_per_class.
+    indices (B, C-1, K) int32 into N and valid (B, C-1, K) bool, K = num_per_class.
   """
   b = labels.shape[0]
-  classes = jnp.arange(1, num_classes, dtype=jnp.int32)  # Class 0 never draws.
+  classes = jnp.arange(1, num_classes, dtype=jnp.int32)
   member = labels.astype(jnp.int32)[:, None, :] == classes[None, :, None]
   class_weights = jnp.where(member, jnp.maximum(weights, 0).astype(jnp.float32)[:, None, :], 0)
   has_weight = jnp.sum(class_weights, axis=-1) > 0
   # Absent classes draw from a uniform dummy distribution; their draws are marked invalid.
   class_weights = jnp.where(has_weight[..., None], class_weights, 1)
+  # Keys of a split over all C classes: the draws stay those of the C-slot layout before.
   keys = jax.random.split(rng, (b, num_classes))[:, 1:]
   draw = lambda k, w: _draw_with_replacement(k, w, num_per_class)
   idx = jax.vmap(jax.vmap(draw))(keys, class_weights)
   valid = jnp.broadcast_to(has_weight[..., None], idx.shape)
-  idx = jnp.concatenate([jnp.zeros((b, 1, num_per_class), jnp.int32), jnp.where(valid, idx, 0)], 1)
-  return idx, jnp.concatenate([jnp.zeros((b, 1, num_per_class), bool), valid], 1)
+  return jnp.where(valid, idx, 0), valid

@@ -164,16 +164,30 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
       local_eval_batch=local_batch_size(config.eval_batch_size, "eval_batch_size"))
 
 
-def initial_state(setup: Setup) -> ts.TrainState:
-  """A fresh state, replicated over the mesh; identical on every process (same seed)."""
+def _init_fn(setup: Setup):
   config, geom = setup.config, dict(setup.settings.geometry)
   width = setup.settings.crop_width or geom["width"]
-  init = jax.jit(functools.partial(
+  return functools.partial(
       ts.create_train_state, model=setup.model, tx=setup.tx,
       image_shape=(1, geom["height"], width, 5), num_classes=setup.info.num_classes,
-      num_sub=config.contrast.sub_prototypes, embed_dim=config.model.embed_dim),
-      out_shardings=NamedSharding(setup.mesh, P()))
-  return init(jax.random.PRNGKey(config.seed))
+      num_sub=config.contrast.sub_prototypes, embed_dim=config.model.embed_dim)
+
+
+def initial_state(setup: Setup) -> ts.TrainState:
+  """A fresh state, replicated over the mesh; identical on every process (same seed)."""
+  key = jax.random.PRNGKey(setup.config.seed)
+  lowered = jax.jit(_init_fn(setup), out_shardings=NamedSharding(setup.mesh, P())).lower(key)
+  # Initialization is ~120 threefry draws that run once; LLVM's optimizer takes 4x longer
+  # on them (~20 s on a CPU) than without it, for the same bits.
+  options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+  return lowered.compile(compiler_options=options)(key)
+
+
+def abstract_state(setup: Setup) -> ts.TrainState:
+  """The structure, shapes and (replicated) shardings of the state; a restore target."""
+  sharding = NamedSharding(setup.mesh, P())
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                      jax.eval_shape(_init_fn(setup), jax.random.PRNGKey(setup.config.seed)))
 
 
 def init_from_torch(setup: Setup, state: ts.TrainState) -> ts.TrainState:
@@ -353,8 +367,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     checkpoints.check_or_save_config(workdir, config)
     write_data_info(workdir, setup)
   ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
-  state = initial_state(setup)
-  state = ckpt.restore(state) or init_from_torch(setup, state)
+  state = ckpt.restore(abstract_state(setup))
+  if state is None:
+    state = init_from_torch(setup, initial_state(setup))
   start = int(state.step)
   if start:
     logging.info("Resuming %s from step %d", workdir, start)
@@ -397,7 +412,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """--mode eval: evaluates a saved checkpoint on config.eval_split, writes results.json."""
   setup = make_setup(config)
   ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
-  state = ckpt.restore(initial_state(setup), which)
+  state = ckpt.restore(abstract_state(setup), which)
   ckpt.close()
   if state is None:
     raise checkpoints.CheckpointError(f"{workdir}: no {which} checkpoint to evaluate")

@@ -195,8 +195,6 @@ def contrast_loss(probs: Array, embed_at: EmbedFn, weak: Array, valid_pix: Array
   idx, anchor_valid = _per_scan(
       lambda k, l, w: sampling.sample_anchors(k, l, w, s.num_classes, s.num_anchors),
       k_anchor, labels, weights)
-  # Class 0 never has anchors: its (invalid) slot is dropped before the embedding and the loss.
-  idx, anchor_valid = idx[:, 1:], anchor_valid[:, 1:]
   b, c, k = idx.shape
   anchors = embed_at(idx.reshape(b, c * k)).reshape(b * c * k, -1)
   anchor_labels = jnp.broadcast_to(jnp.arange(1, c + 1)[None, :, None], idx.shape).reshape(-1)

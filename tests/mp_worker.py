@@ -25,9 +25,6 @@ def main():
   from coarse3d_jax import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize(f"127.0.0.1:{args.port}", args.num_processes, args.process_id)
   import jax  # pylint: disable=g-import-not-at-top
-  if os.environ.get("COARSE3D_TEST_JAX_CACHE"):
-    jax.config.update("jax_compilation_cache_dir", os.environ["COARSE3D_TEST_JAX_CACHE"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   import numpy as np  # pylint: disable=g-import-not-at-top
   from coarse3d_jax import checkpoints, train  # pylint: disable=g-import-not-at-top
   from tests.tiny_data import tiny_config  # pylint: disable=g-import-not-at-top
@@ -36,7 +33,7 @@ def main():
   if args.die_after is not None:
     os.kill(os.getpid(), signal.SIGKILL)
   ckpt = checkpoints.Checkpoints(args.workdir)
-  state = ckpt.restore(train.initial_state(train.make_setup(config)))
+  state = ckpt.restore(train.abstract_state(train.make_setup(config)))
   ckpt.close()
   leaves = [np.asarray(x.addressable_data(0)) for x in jax.tree.leaves(state)]
   np.savez(args.out, miou=results["miou"], *leaves)

@@ -134,16 +134,17 @@ def test_sample_anchors_validity_and_membership():
   idx, valid = jax.jit(sampling.sample_anchors, static_argnums=(3, 4))(
       jax.random.PRNGKey(5), labels, weights, c, k)
   idx, valid = np.asarray(idx), np.asarray(valid)
-  assert idx.shape == valid.shape == (b, c, k) and idx.dtype == np.int32
-  present = np.zeros((b, c), bool)
+  assert idx.shape == valid.shape == (b, c - 1, k) and idx.dtype == np.int32  # No class 0 slot.
+  present = np.zeros((b, c - 1), bool)  # Slot j is class j + 1.
   for scan in range(b):
     for cls in range(1, c):
-      present[scan, cls] = np.any((labels[scan] == cls) & (weights[scan] > 0))
+      present[scan, cls - 1] = np.any((labels[scan] == cls) & (weights[scan] > 0))
   np.testing.assert_array_equal(valid, np.broadcast_to(present[..., None], valid.shape))
-  assert not valid[:, 0].any() and not valid[1, 2].any() and not valid[0, 3].any()
-  scan_ids, class_ids, _ = np.nonzero(valid)
+  assert not valid[1, 2 - 1].any() and not valid[0, 3 - 1].any() and not valid[:, 3:].any()
+  assert valid[0, 0].all() and valid[2, 2].all()
+  scan_ids, slots, _ = np.nonzero(valid)
   drawn = idx[valid]
-  np.testing.assert_array_equal(labels[scan_ids, drawn], class_ids)  # Never another class.
+  np.testing.assert_array_equal(labels[scan_ids, drawn], slots + 1)  # Never another class.
   assert np.all(weights[scan_ids, drawn] > 0)
   assert np.all(idx[~valid] == 0)
 
@@ -159,8 +160,8 @@ def test_sample_anchors_frequencies_follow_weights():
   keys = jax.random.split(jax.random.PRNGKey(6), draws)
   idx, valid = jax.jit(jax.vmap(lambda key: sampling.sample_anchors(key, labels, weights, c, k)))(
       keys)
-  idx = np.asarray(idx)[:, 0, 2].ravel()
-  assert np.asarray(valid)[:, 0, 2].all()
+  idx = np.asarray(idx)[:, 0, 2 - 1].ravel()  # Class 2's slot.
+  assert np.asarray(valid)[:, 0, 2 - 1].all()
   counts = np.array([np.sum(idx == m) for m in members], np.float64)
   assert counts.sum() == draws * k and counts[2] == 0
   w = weights[0, members].astype(np.float64)

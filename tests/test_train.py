@@ -40,7 +40,7 @@ def full_run(data_dir, tmp_path_factory):
 def _restore(config, workdir, which="latest") -> ts.TrainState:
   setup = train.make_setup(config)
   ckpt = checkpoints.Checkpoints(workdir)
-  state = ckpt.restore(train.initial_state(setup), which)
+  state = ckpt.restore(train.abstract_state(setup), which)
   ckpt.close()
   return state
 
@@ -238,8 +238,7 @@ def test_bfloat16_training_tracks_float32(full_run, data_dir, tmp_path):
 
 
 def _run_main(*args: str, config_file: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")  # conftest's XLA_FLAGS, cache.
   return subprocess.run([sys.executable, "-m", "coarse3d_jax.main", f"--config={config_file}",
                          *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
