@@ -128,7 +128,7 @@ def sample_anchors(rng: Array, labels: Array, weights: Array, num_classes: int,
   has_weight = jnp.sum(class_weights, axis=-1) > 0
   # Absent classes draw from a uniform dummy distribution; their draws are marked invalid.
   class_weights = jnp.where(has_weight[..., None], class_weights, 1)
-  # Keys of a split over all C classes: the draws stay those of the C-slot layout before.
+  # Class c draws with key c of a split over all C classes, whatever the slot layout.
   keys = jax.random.split(rng, (b, num_classes))[:, 1:]
   draw = lambda k, w: _draw_with_replacement(k, w, num_per_class)
   idx = jax.vmap(jax.vmap(draw))(keys, class_weights)
