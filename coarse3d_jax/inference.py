@@ -42,10 +42,8 @@ def _abstract_state(config, num_classes: int):
       ts.create_train_state, model=model, tx=tx, image_shape=(1, 64, 64, 5),
       num_classes=num_classes, num_sub=config.contrast.sub_prototypes,
       embed_dim=config.model.embed_dim)
-  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-  sharding = SingleDeviceSharding(jax.devices()[0])
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                      abstract)
+  return ts.abstract_train_state(init, jax.random.PRNGKey(0),
+                                 SingleDeviceSharding(jax.devices()[0]))
 
 
 def load_predictor(workdir: str, checkpoint: str | int = "latest") -> Predictor:

@@ -185,9 +185,8 @@ def initial_state(setup: Setup) -> ts.TrainState:
 
 def abstract_state(setup: Setup) -> ts.TrainState:
   """The structure, shapes and (replicated) shardings of the state; a restore target."""
-  sharding = NamedSharding(setup.mesh, P())
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                      jax.eval_shape(_init_fn(setup), jax.random.PRNGKey(setup.config.seed)))
+  return ts.abstract_train_state(_init_fn(setup), jax.random.PRNGKey(setup.config.seed),
+                                 NamedSharding(setup.mesh, P()))
 
 
 def init_from_torch(setup: Setup, state: ts.TrainState) -> ts.TrainState:

@@ -82,6 +82,12 @@ def create_train_state(rng: Array, model, tx: optax.GradientTransformation,
       bank=prototypes.init_bank(k_bank, num_classes, num_sub, embed_dim), rng=k_state)
 
 
+def abstract_train_state(init_fn, rng: Array, sharding) -> TrainState:
+  """The TrainState `init_fn(rng)` would build, as ShapeDtypeStructs with `sharding`."""
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                      jax.eval_shape(init_fn, rng))
+
+
 def per_scan_keys(rng: Array, step: Array, local_batch: int, num_streams: int) -> Array:
   """(num_streams, B_local) keys, a function of (rng, step, global scan index) only."""
   first = jax.lax.axis_index(AXIS) * local_batch
