@@ -123,4 +123,6 @@ def main():
 
 
 if __name__ == "__main__":
+  from coarse3d_jax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.reexec_with_tunables()  # The allocator `make demo` and training use.
   main()

@@ -1,5 +1,9 @@
 """Entry point: python -m coarse3d_jax.main --config configs/<x>.py --workdir DIR [--mode ...]."""
-import logging as py_logging
+if __name__ == "__main__":  # Before the heavy imports below, which a re-execution repeats.
+  from coarse3d_jax import host_memory
+  host_memory.reexec_with_tunables()
+
+import logging as py_logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 import os
 import sys
 

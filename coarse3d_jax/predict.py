@@ -11,7 +11,11 @@ device, points padded to a fixed count with a mask). Every point of the stored s
 points outside the vertical field of view take the pixel their row is clamped to; points with
 non-finite coordinates (not projectable) take the scan's most frequent predicted class.
 """
-import argparse
+if __name__ == "__main__":  # Before the heavy imports below, which a re-execution repeats.
+  from coarse3d_jax import host_memory
+  host_memory.reexec_with_tunables()
+
+import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
 import concurrent.futures
 import dataclasses
 import json

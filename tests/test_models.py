@@ -6,6 +6,7 @@ compiled. Model init uses 'rbg' PRNG keys, whose programs compile ~4x faster tha
 """
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
@@ -192,6 +193,67 @@ def test_pointwise_product_kernel_gradient_is_summed_over_devices():
       mesh=mesh, in_specs=(P(), P("data")), out_specs=P()))
   want = jax.grad(lambda k: jnp.sum(jnp.sin(x @ k)))(k)
   np.testing.assert_allclose(sharded(k, x), want, rtol=1e-5, atol=1e-5)
+
+
+def _correlate_float64(x, k, dilation, padding):
+  """Zero-padded stride-1 cross-correlation, NHWC / HWIO, written out tap by tap."""
+  kh, kw, _, _ = k.shape
+  xp = np.pad(x, ((0, 0), (padding[0],) * 2, (padding[1],) * 2, (0, 0)))
+  h = xp.shape[1] - dilation * (kh - 1)
+  w = xp.shape[2] - dilation * (kw - 1)
+  return sum(np.einsum("bhwc,cf->bhwf",
+                       xp[:, i * dilation:i * dilation + h, j * dilation:j * dilation + w], k[i, j])
+             for i in range(kh) for j in range(kw))
+
+
+# SalsaNext's 3x3, 3x3 dilation 2 and 2x2 dilation 2 padding 1; SqueezeSeg's 7x7; a 1x3.
+@pytest.mark.parametrize("kernel,dilation,padding", [
+    ((3, 3), 1, (1, 1)), ((3, 3), 2, (2, 2)), ((2, 2), 2, (1, 1)), ((7, 7), 1, (3, 3)),
+    ((1, 3), 1, (0, 1))])
+def test_spatial_conv_value_and_gradients_match_float64(kernel, dilation, padding):
+  """Forward, input gradient and the per-tap kernel gradient against a float64 correlation."""
+  rng = np.random.default_rng(9)
+  x, k = rng.normal(size=(2, 6, 9, 3)), rng.normal(size=kernel + (3, 4))
+  y, vjp = jax.vjp(lambda a, b: heads.spatial_conv(a, b, dilation, padding),
+                   jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32))
+  np.testing.assert_allclose(y, _correlate_float64(x, k, dilation, padding), rtol=1e-5, atol=1e-5)
+  g = rng.normal(size=y.shape)
+  dx, dk = vjp(jnp.asarray(g, jnp.float32))
+  # Both gradients of the linear map x, k -> y: by directional derivatives in float64.
+  want_dk = np.stack([np.sum(_correlate_float64(x, np.eye(k.size)[n].reshape(k.shape), dilation,
+                                                padding) * g) for n in range(k.size)])
+  np.testing.assert_allclose(dk, want_dk.reshape(k.shape), rtol=1e-5, atol=1e-4)
+  probe = rng.normal(size=x.shape)
+  np.testing.assert_allclose(np.sum(np.asarray(dx, np.float64) * probe),
+                             np.sum(_correlate_float64(probe, k, dilation, padding) * g),
+                             rtol=1e-5)
+
+
+def test_spatial_conv_kernel_gradient_is_summed_over_devices():
+  """Under shard_map the replicated kernel's gradient is the whole batch's, as with autodiff."""
+  mesh = Mesh(np.asarray(jax.devices()[:4]), ("data",))
+  rng = np.random.default_rng(10)
+  x = jnp.asarray(rng.normal(size=(4, 5, 7, 3)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(3, 3, 3, 2)), jnp.float32)
+  loss = lambda k, x: jnp.sum(jnp.sin(heads.spatial_conv(x, k, 2, (2, 2))))
+  sharded = jax.jit(jax.shard_map(
+      lambda k, x: jax.grad(lambda k: jax.lax.psum(loss(k, x), "data"))(k),
+      mesh=mesh, in_specs=(P(), P("data")), out_specs=P()))
+  np.testing.assert_allclose(sharded(k, x), jax.grad(loss)(k, x), rtol=1e-5, atol=1e-5)
+
+
+def test_spatial_conv_module_is_an_nn_conv():
+  """Same parameter names, shapes, initial values and outputs as flax's Conv of that name."""
+  x = jax.random.normal(_key(3), (2, 6, 8, 3))
+  ours = heads.conv(5, 3, dilation=2, dtype=jnp.float32, name="c")
+  theirs = nn.Conv(5, (3, 3), kernel_dilation=(2, 2), padding=((2, 2), (2, 2)),
+                   kernel_init=heads.torch_conv_init, name="c")
+  assert isinstance(ours, heads.SpatialConv)
+  v_ours, v_theirs = ours.init(_key(4), x), theirs.init(_key(4), x)
+  jax.tree.map(np.testing.assert_array_equal, v_ours, v_theirs)
+  v_theirs = jax.tree.map(lambda a: a + 0.5, v_theirs)  # A non-zero bias too.
+  np.testing.assert_allclose(ours.apply(v_theirs, x), theirs.apply(v_theirs, x),
+                             rtol=1e-6, atol=1e-6)
 
 
 def test_multiscale_pointwise_equals_conv_of_the_concatenation():
