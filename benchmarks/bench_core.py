@@ -94,5 +94,5 @@ def main():
 
 if __name__ == "__main__":
   from coarse3d_jax import host_memory  # pylint: disable=g-import-not-at-top
-  host_memory.reexec_with_tunables()  # The allocator `make demo` and training use.
+  host_memory.reexec_with_tunables()  # Only with COARSE3D_MALLOC_TUNING=1, as in training.
   main()

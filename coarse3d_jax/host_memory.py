@@ -1,19 +1,18 @@
-"""glibc malloc settings under which XLA:CPU steps pay less for fresh pages.
+"""Opt-in glibc malloc settings under which XLA:CPU train steps stop faulting in fresh pages.
 
 XLA:CPU allocates an executable's temporary buffers on every call: hundreds of MB for a
-SalsaNext train step. With glibc's defaults, blocks above its (dynamic, at most 32 MB) mmap
-threshold come from fresh mmaps, so every step touches newly mapped 4 KB pages: ~290,000 page
-faults per 64x512 batch-2 train step, each page zeroed by the kernel. These tunables back the
-heap and those mmaps with transparent huge pages (512x fewer faults), fix the mmap threshold at
-its maximum and let the heap keep 128 MB of freed memory before trimming it. Measured (README,
-Benchmarks): a full COARSE3D CPU step 2.66 -> 2.41 s, the same peak memory, the demo's input
-pipeline as fast as before. Stronger settings (one arena, no mmaps, never trim: no fault at all)
-made the bare step faster still (2.17 s) but the demo's training 10% slower, with tf.data's
-threads contending for the single arena, and its peak memory 2.3x higher: not used.
+SalsaNext train step. With glibc's defaults, large blocks come from fresh mmaps (or thread
+arenas that glibc shrinks with MADV_DONTNEED), so every step touches newly mapped pages:
+~290,000 page faults per 64x512 batch-2 train step, each page zeroed by the kernel. With
+COARSE3D_MALLOC_TUNING=1 the entry points re-execute themselves (same PID, same arguments)
+with GLIBC_TUNABLES keeping freed memory in one heap that is never trimmed: no fault after the
+first step. Measured (README, Benchmarks), it is a trade-off, hence opt-in: the full COARSE3D
+CPU step 2.86 -> 2.17 s, but the demo's training 10% slower (tf.data's threads contend for the
+one arena) and its peak memory 2.3x higher. Transparent huge pages alone (glibc.malloc.hugetlb)
+made the plain step erratically slower (2.4 -> 3.4 s), so they are not part of it.
 
-glibc reads GLIBC_TUNABLES once, when a process starts, so the entry points re-execute
-themselves with it set (same PID, same arguments) before importing anything heavy.
-Set COARSE3D_SYSTEM_MALLOC=1 to keep the system's settings.
+glibc reads GLIBC_TUNABLES once, when a process starts, hence the re-execution, done before the
+entry points import anything heavy.
 """
 from collections.abc import Mapping
 import os
@@ -21,11 +20,11 @@ import platform
 import sys
 
 TUNABLES = (
-    ("glibc.malloc.hugetlb", "1"),  # madvise(MADV_HUGEPAGE) on heap and mmaps.
-    ("glibc.malloc.mmap_threshold", str(32 << 20)),  # The largest glibc allows.
-    ("glibc.malloc.trim_threshold", str(128 << 20)),
+    ("glibc.malloc.arena_max", "1"),  # Thread arenas are mmaps that glibc shrinks.
+    ("glibc.malloc.mmap_max", "0"),  # Large blocks from the heap too, not from fresh mmaps.
+    ("glibc.malloc.trim_threshold", str(1 << 40)),  # Never hand the heap's top back.
 )
-OPT_OUT = "COARSE3D_SYSTEM_MALLOC"
+OPT_IN = "COARSE3D_MALLOC_TUNING"
 _DONE = "COARSE3D_MALLOC_TUNED"  # Set on re-execution: never re-execute twice.
 
 
@@ -38,14 +37,15 @@ def merged_tunables(current: str) -> str:
 
 def should_reexec(environ: Mapping[str, str], system: str, libc: str) -> bool:
   """Whether a process with this environment, OS and C library should re-execute itself."""
-  if system != "Linux" or libc != "glibc" or environ.get(OPT_OUT) or environ.get(_DONE):
+  if (system != "Linux" or libc != "glibc" or environ.get(OPT_IN, "0") in ("", "0")
+      or environ.get(_DONE)):
     return False
   current = environ.get("GLIBC_TUNABLES", "")
   return merged_tunables(current) != current
 
 
 def reexec_with_tunables() -> None:
-  """Re-executes this Python process with `TUNABLES` in GLIBC_TUNABLES, where that applies.
+  """With COARSE3D_MALLOC_TUNING=1 on Linux/glibc: re-executes with `TUNABLES` set.
 
   Call it first thing in a `__main__` block: whatever ran before is run again.
   """

@@ -25,22 +25,26 @@ def test_merged_tunables_adds_ours_and_keeps_the_users():
   assert host_memory.merged_tunables(merged) == merged
 
 
+ON = {host_memory.OPT_IN: "1"}
+
+
 @pytest.mark.parametrize("environ,system,libc,expected", [
-    ({}, "Linux", "glibc", True),
-    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "Linux", "glibc", True),
-    ({"GLIBC_TUNABLES": host_memory.merged_tunables("")}, "Linux", "glibc", False),
-    ({host_memory.OPT_OUT: "1"}, "Linux", "glibc", False),
-    ({"COARSE3D_MALLOC_TUNED": "1"}, "Linux", "glibc", False),  # Never a second re-execution.
-    ({}, "Darwin", "", False),
-    ({}, "Linux", "", False),  # musl and others: GLIBC_TUNABLES means nothing there.
+    (ON, "Linux", "glibc", True),
+    ({}, "Linux", "glibc", False),  # Opt-in only.
+    ({host_memory.OPT_IN: "0"}, "Linux", "glibc", False),
+    ({**ON, "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "Linux", "glibc", True),
+    ({**ON, "GLIBC_TUNABLES": host_memory.merged_tunables("")}, "Linux", "glibc", False),
+    ({**ON, "COARSE3D_MALLOC_TUNED": "1"}, "Linux", "glibc", False),  # Never twice.
+    (ON, "Darwin", "", False),
+    (ON, "Linux", "", False),  # musl and others: GLIBC_TUNABLES means nothing there.
 ])
 def test_should_reexec(environ, system, libc, expected):
   assert host_memory.should_reexec(environ, system, libc) is expected
 
 
-# Allocates, frees and re-allocates 64 MB (above glibc's largest mmap threshold: a fresh mmap
-# each time) and counts the page faults of the second allocation. numpy's own huge-page advice
-# is turned off so that the faults are glibc's doing.
+# Allocates, frees and re-allocates 64 MB (above glibc's largest mmap threshold: by default a
+# fresh mmap each time) and counts the page faults of the second allocation. numpy's own
+# huge-page advice is turned off so that the faults are glibc's doing.
 _PROBE = """
 import json, os, resource, sys
 from coarse3d_jax import host_memory
@@ -59,27 +63,19 @@ print(json.dumps({"faults": faults, "tunables": os.environ.get("GLIBC_TUNABLES",
 
 def _probe(**env) -> dict:
   environ = {k: v for k, v in os.environ.items()
-             if k not in ("GLIBC_TUNABLES", host_memory.OPT_OUT, "COARSE3D_MALLOC_TUNED")}
+             if k not in ("GLIBC_TUNABLES", host_memory.OPT_IN, "COARSE3D_MALLOC_TUNED")}
   out = subprocess.run([sys.executable, "-c", _PROBE, "arg1"], env={**environ, **env},
                        capture_output=True, text=True, timeout=120, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _transparent_huge_pages() -> bool:
-  try:
-    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-      return "[never]" not in f.read()
-  except OSError:
-    return False
-
-
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc"
-                    or not _transparent_huge_pages(), reason="glibc tunables, huge pages")
-def test_reexecution_backs_large_blocks_with_huge_pages():
-  tuned, system = _probe(), _probe(**{host_memory.OPT_OUT: "1"})
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                    reason="glibc tunables")
+def test_opt_in_reexecution_reuses_freed_memory_without_page_faults():
+  tuned, system = _probe(**ON), _probe()
   assert _parse(tuned["tunables"]) == OURS
   assert tuned["argv"] == ["arg1"]  # Same arguments after the re-execution.
-  assert system["tunables"] == ""
+  assert system["tunables"] == ""  # Not opted in: not re-executed.
   pages = 64 * 2**20 // 4096
-  assert system["faults"] > pages // 2  # glibc's default: every 4 KB page faulted.
-  assert tuned["faults"] < pages // 8  # Mostly 2 MB pages (512x fewer faults each).
+  assert system["faults"] > pages // 2  # glibc's default: a fresh mmap, every page faulted.
+  assert tuned["faults"] < pages // 50  # The freed block is reused: (almost) no fault.
