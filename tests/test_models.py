@@ -210,8 +210,11 @@ def _correlate_float64(x, k, dilation, padding):
 @pytest.mark.parametrize("kernel,dilation,padding", [
     ((3, 3), 1, (1, 1)), ((3, 3), 2, (2, 2)), ((2, 2), 2, (1, 1)), ((7, 7), 1, (3, 3)),
     ((1, 3), 1, (0, 1))])
-def test_spatial_conv_value_and_gradients_match_float64(kernel, dilation, padding):
-  """Forward, input gradient and the per-tap kernel gradient against a float64 correlation."""
+@pytest.mark.parametrize("per_tap", [True, False])  # Forced either way for these 3 channels.
+def test_spatial_conv_value_and_gradients_match_float64(kernel, dilation, padding, per_tap,
+                                                        monkeypatch):
+  """Forward, input gradient and both kernel gradients against a float64 correlation."""
+  monkeypatch.setattr(heads, "PER_TAP_MIN_CHANNELS", 1 if per_tap else 10**6)
   rng = np.random.default_rng(9)
   x, k = rng.normal(size=(2, 6, 9, 3)), rng.normal(size=kernel + (3, 4))
   y, vjp = jax.vjp(lambda a, b: heads.spatial_conv(a, b, dilation, padding),
@@ -229,8 +232,9 @@ def test_spatial_conv_value_and_gradients_match_float64(kernel, dilation, paddin
                              rtol=1e-5)
 
 
-def test_spatial_conv_kernel_gradient_is_summed_over_devices():
+def test_spatial_conv_kernel_gradient_is_summed_over_devices(monkeypatch):
   """Under shard_map the replicated kernel's gradient is the whole batch's, as with autodiff."""
+  monkeypatch.setattr(heads, "PER_TAP_MIN_CHANNELS", 1)  # The per-tap products, 3 channels.
   mesh = Mesh(np.asarray(jax.devices()[:4]), ("data",))
   rng = np.random.default_rng(10)
   x = jnp.asarray(rng.normal(size=(4, 5, 7, 3)), jnp.float32)
