@@ -8,8 +8,9 @@ COARSE3D_MALLOC_TUNING=1 the entry points re-execute themselves (same PID, same 
 with GLIBC_TUNABLES keeping freed memory in one heap that is never trimmed: no fault after the
 first step. Measured (README, Benchmarks), it is a trade-off, hence opt-in: the full COARSE3D
 CPU step 2.86 -> 2.17 s, but the demo's training 10% slower (tf.data's threads contend for the
-one arena) and its peak memory 2.3-3.8x higher (the heap only grows). Transparent huge pages alone (glibc.malloc.hugetlb)
-made the plain step erratically slower (2.4 -> 3.4 s), so they are not part of it.
+one arena) and its peak memory 2.3-3.8x higher (the heap only grows). Transparent huge pages
+alone (glibc.malloc.hugetlb) made the plain step erratically slower (2.4 -> 3.4 s), so they are
+not part of it.
 
 glibc reads GLIBC_TUNABLES once, when a process starts, hence the re-execution, done before the
 entry points import anything heavy.
