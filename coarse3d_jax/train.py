@@ -1,4 +1,5 @@
 """The training job: setup, the jitted data-parallel steps, the loop, evaluation and logging."""
+import contextlib
 import dataclasses
 import functools
 import math
@@ -308,19 +309,32 @@ def report_evaluation(setup: Setup, results: dict[str, Any], workdir: str, write
 
 
 class Progress:
-  """A progress line with loss, rate (scans/s) and ETA at every log step."""
+  """A progress line with loss, rate (scans/s) and ETA at every log step.
+
+  The rate counts training time only: time spent inside `paused()` (evaluations, checkpoint
+  saves) is left out, so the line after an evaluation does not report a spurious slowdown.
+  """
 
   def __init__(self, start_step: int, total_steps: int, global_batch: int):
     self.total, self.global_batch = total_steps, global_batch
-    self.last_step, self.last_time = start_step, time.time()
+    self.last_step, self.last_time, self.excluded = start_step, time.time(), 0.0
+
+  @contextlib.contextmanager
+  def paused(self):
+    start = time.time()
+    try:
+      yield
+    finally:
+      self.excluded += time.time() - start
 
   def __call__(self, step: int, loss: float) -> float:
     now = time.time()
-    rate = (step - self.last_step) * self.global_batch / max(now - self.last_time, 1e-9)
+    elapsed = now - self.last_time - self.excluded
+    rate = (step - self.last_step) * self.global_batch / max(elapsed, 1e-9)
     eta = (self.total - step) * self.global_batch / max(rate, 1e-9)
     logging.info("step %d/%d | loss %.4f | %.2f scans/s | ETA %s", step, self.total, loss,
                  rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
-    self.last_step, self.last_time = step, now
+    self.last_step, self.last_time, self.excluded = step, now, 0.0
     return rate
 
 
@@ -385,13 +399,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     run_eval = _is_due(step, config.eval_every_steps, setup.total_steps)
     if save or run_eval or _is_due(step, config.log_every_steps, setup.total_steps):
       flush_metrics(pending, step, writer, progress, last_saved)
-    if save:
-      ckpt.save(step, state)
-      last_saved = step
-    if run_eval:
-      results = evaluate(setup, state, p_eval, picture_fn=picture_writer(setup, writer, step))
-      report_evaluation(setup, results, workdir, writer)
-      ckpt.save_if_best(step, state, results["miou"])
+    with progress.paused():
+      if save:
+        ckpt.save(step, state)
+        last_saved = step
+      if run_eval:
+        results = evaluate(setup, state, p_eval, picture_fn=picture_writer(setup, writer, step))
+        report_evaluation(setup, results, workdir, writer)
+        ckpt.save_if_best(step, state, results["miou"])
     if stop_after_step is not None and step >= stop_after_step:
       writer.flush()
       ckpt.close()

@@ -344,6 +344,19 @@ def test_nonfinite_loss_stops_with_step_and_checkpoint():
     train.flush_metrics(pending, 5, writer, progress, last_saved=2)
 
 
+def test_progress_rate_leaves_out_paused_time(monkeypatch):
+  clock = [100.0]
+  monkeypatch.setattr(train.time, "time", lambda: clock[0])
+  progress = train.Progress(0, 100, 4)
+  clock[0] += 10.0  # 5 steps of 4 scans: 2 scans/s.
+  with progress.paused():
+    clock[0] += 30.0  # An evaluation.
+  clock[0] += 10.0  # 5 more steps.
+  assert progress(10, 1.0) == pytest.approx(40 / 20)
+  clock[0] += 4.0  # The next window starts from the last log, with nothing left out.
+  assert progress(12, 1.0) == pytest.approx(8 / 4)
+
+
 def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(data_dir, tmp_path):
   # NaN remission in one training scan; the stats (hence the compiled program) are unchanged.
   # Scan 6 is in the second batch of the (seed 0) order, so step 1 completes and is saved.

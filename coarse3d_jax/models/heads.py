@@ -52,6 +52,11 @@ def conv(features: int, kernel: int | Sequence[int], *, dtype: Dtype,
                  param_dtype=jnp.float32, kernel_init=torch_conv_init, name=name)
 
 
+def conv_bias(module: nn.Module, features: int) -> Array:
+  """A conv module's zero-initialized float32 'bias' (features,), as `nn.Conv` declares it."""
+  return module.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+
+
 class PointwiseConv(nn.Module):
   """1x1 convolution as a matrix product; same parameters as `nn.Conv` with a 1x1 kernel.
 
@@ -69,8 +74,7 @@ class PointwiseConv(nn.Module):
                         jnp.float32)
     y = pointwise_product(x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
     if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,),
-                         jnp.float32).astype(self.dtype)
+      y = y + conv_bias(self, self.features).astype(self.dtype)
     return y
 
 
@@ -134,8 +138,7 @@ class SpatialConv(nn.Module):
     y = spatial_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.dilation,
                      self.padding)
     if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,),
-                         jnp.float32).astype(self.dtype)
+      y = y + conv_bias(self, self.features).astype(self.dtype)
     return y
 
 
@@ -398,7 +401,7 @@ class MultiScalePointwise(nn.Module):
     """maps: (B, h_i, w_i, C_i) -> (B, height, width, features)."""
     kernel = self.param("kernel", torch_conv_init,
                         (1, 1, sum(m.shape[-1] for m in maps), self.features), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    bias = conv_bias(self, self.features)
     groups: dict[tuple[int, int], list[tuple[Array, int]]] = {}
     offset = 0
     for m in maps:

@@ -68,7 +68,7 @@ class UpConv(nn.Module):
     """x: (B, H, W, C_in) -> (B, H, 2 W, features)."""
     kernel = self.param("kernel", heads.torch_conv_init, (1, 4, x.shape[-1], self.features),
                         jnp.float32).astype(self.dtype)
-    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    bias = heads.conv_bias(self, self.features)
     x = x.astype(self.dtype)
     conv = lambda taps, pad: jax.lax.conv_general_dilated(
         x, kernel[:, taps], (1, 1), ((0, 0), pad), dimension_numbers=("NHWC", "HWIO", "NHWC"))
