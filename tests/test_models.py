@@ -246,6 +246,40 @@ def test_spatial_conv_kernel_gradient_is_summed_over_devices(monkeypatch):
   np.testing.assert_allclose(sharded(k, x), jax.grad(loss)(k, x), rtol=1e-5, atol=1e-5)
 
 
+def test_spatial_conv_per_tap_copies_live_only_in_their_layers_backward(monkeypatch):
+  """The per-tap copies of x are made when the cotangent arrives, not kept from the forward.
+
+  Were they made with x (as XLA:CPU scheduled them before), the copies of all six layers would
+  be live at once: 4.4x the temporary memory of XLA's own gradient here, instead of 1.5x.
+  """
+  def temp_bytes(per_tap: bool) -> int:
+    monkeypatch.setattr(heads, "PER_TAP_MIN_CHANNELS", 1 if per_tap else 10**6)
+
+    def loss(kernels, x):
+      for k in kernels:
+        x = jnp.tanh(heads.spatial_conv(x, k, 1, (1, 1)))
+      return jnp.sum(x)
+    kernels, x = [jnp.zeros((3, 3, 8, 8))] * 6, jnp.zeros((2, 16, 64, 8))
+    compiled = jax.jit(jax.grad(loss)).lower(kernels, x).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+  assert temp_bytes(per_tap=True) < 2 * temp_bytes(per_tap=False)
+
+
+def test_spatial_conv_kernel_gradient_columns_of_finite_cotangents_stay_finite(monkeypatch):
+  """An inf in one output channel's cotangent leaves the other channels' kernel gradient exact."""
+  monkeypatch.setattr(heads, "PER_TAP_MIN_CHANNELS", 1)
+  rng = np.random.default_rng(11)
+  x, g = rng.normal(size=(1, 4, 5, 3)), rng.normal(size=(1, 4, 5, 2))
+  g[0, 0, 0, 0] = np.inf
+  _, vjp = jax.vjp(lambda k: heads.spatial_conv(jnp.asarray(x, jnp.float32), k, 1, (1, 1)),
+                   jnp.zeros((3, 3, 3, 2)))
+  (dk,) = vjp(jnp.asarray(g, jnp.float32))
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  want = np.stack([np.einsum("bhwc,bhw->c", xp[:, i:i + 4, j:j + 5], g[..., 1])
+                   for i in range(3) for j in range(3)]).reshape(3, 3, 3)
+  np.testing.assert_allclose(dk[..., 1], want, rtol=1e-5, atol=1e-5)
+
+
 def test_spatial_conv_module_is_an_nn_conv():
   """Same parameter names, shapes, initial values and outputs as flax's Conv of that name."""
   x = jax.random.normal(_key(3), (2, 6, 8, 3))
