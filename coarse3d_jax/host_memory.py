@@ -1,16 +1,17 @@
 """Opt-in glibc malloc settings under which XLA:CPU train steps stop faulting in fresh pages.
 
-XLA:CPU allocates an executable's temporary buffers on every call: hundreds of MB for a
+XLA:CPU allocates an executable's temporary buffers on every call: over 1 GB for a
 SalsaNext train step. With glibc's defaults, large blocks come from fresh mmaps (or thread
 arenas that glibc shrinks with MADV_DONTNEED), so every step touches newly mapped pages:
 ~290,000 page faults per 64x512 batch-2 train step, each page zeroed by the kernel. With
 COARSE3D_MALLOC_TUNING=1 the entry points re-execute themselves (same PID, same arguments)
 with GLIBC_TUNABLES keeping freed memory in one heap that is never trimmed: no fault after the
-first step. Measured (README, Benchmarks), it is a trade-off, hence opt-in: the full COARSE3D
-CPU step 2.86 -> 2.17 s, but the demo's training 10% slower (tf.data's threads contend for the
-one arena) and its peak memory 2.3-3.8x higher (the heap only grows). Transparent huge pages
-alone (glibc.malloc.hugetlb) made the plain step erratically slower (2.4 -> 3.4 s), so they are
-not part of it.
+first step. Measured (README, Benchmarks), it is a trade-off, hence opt-in: once the step's
+temporaries were halved (`heads.conv_kernel_gradient`), the bare CPU train step gained only ~1%
+(full COARSE3D step 2.32 -> 2.30 s; 2.86 -> 2.17 s before), while the demo's training ran 10%
+slower (tf.data's threads contend for the one arena) with 2.3-3.8x the peak memory (the heap
+only grows). Transparent huge pages alone (glibc.malloc.hugetlb) made the plain step erratically
+slower (2.4 -> 3.4 s), so they are not part of it.
 
 glibc reads GLIBC_TUNABLES once, when a process starts, hence the re-execution, done before the
 entry points import anything heavy.
