@@ -304,6 +304,16 @@ def test_input_order_is_a_function_of_seed_and_epoch(data_dir):
   assert ids(0, 4, seed=1) != full[:4]
 
 
+def test_input_pipelines_run_without_the_autotuning_thread(data_dir):
+  """Its sleeping thread made deleting each epoch's iterator wait up to ~30 s."""
+  config = tiny_config(data_dir)
+  builder = input_pipeline.load_builder(data_dir)
+  for ds in (input_pipeline.train_epoch(builder, config, 0, 0, 2),
+             input_pipeline.eval_dataset(builder, "val", 2, config.max_points)):
+    assert ds.options().autotune.enabled is False
+    assert len(list(ds.take(2))) == 2
+
+
 def _parse_config(argv: list[str]):
   values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, flag_values=values, lock_config=True,
