@@ -210,13 +210,15 @@ def _correlate_float64(x, k, dilation, padding):
 @pytest.mark.parametrize("kernel,dilation,padding", [
     ((3, 3), 1, (1, 1)), ((3, 3), 2, (2, 2)), ((2, 2), 2, (1, 1)), ((7, 7), 1, (3, 3)),
     ((1, 3), 1, (0, 1))])
-@pytest.mark.parametrize("per_tap", [True, False])  # Forced either way for these 3 channels.
+# Per-tap products forced on or off for these few channels; with per_tap, 3 -> 4 channels shifts
+# x and 5 -> 2 shifts the cotangent.
+@pytest.mark.parametrize("per_tap,channels", [(True, (3, 4)), (True, (5, 2)), (False, (3, 4))])
 def test_spatial_conv_value_and_gradients_match_float64(kernel, dilation, padding, per_tap,
-                                                        monkeypatch):
+                                                        channels, monkeypatch):
   """Forward, input gradient and both kernel gradients against a float64 correlation."""
   monkeypatch.setattr(heads, "PER_TAP_MIN_CHANNELS", 1 if per_tap else 10**6)
   rng = np.random.default_rng(9)
-  x, k = rng.normal(size=(2, 6, 9, 3)), rng.normal(size=kernel + (3, 4))
+  x, k = rng.normal(size=(2, 6, 9, channels[0])), rng.normal(size=kernel + channels)
   y, vjp = jax.vjp(lambda a, b: heads.spatial_conv(a, b, dilation, padding),
                    jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32))
   np.testing.assert_allclose(y, _correlate_float64(x, k, dilation, padding), rtol=1e-5, atol=1e-5)
@@ -265,18 +267,20 @@ def test_spatial_conv_per_tap_copies_live_only_in_their_layers_backward(monkeypa
   assert temp_bytes(per_tap=True) < 2 * temp_bytes(per_tap=False)
 
 
-def test_spatial_conv_kernel_gradient_columns_of_finite_cotangents_stay_finite(monkeypatch):
+@pytest.mark.parametrize("in_channels", [3, 1])  # Shifting the cotangent; shifting x.
+def test_spatial_conv_kernel_gradient_columns_of_finite_cotangents_stay_finite(in_channels,
+                                                                               monkeypatch):
   """An inf in one output channel's cotangent leaves the other channels' kernel gradient exact."""
   monkeypatch.setattr(heads, "PER_TAP_MIN_CHANNELS", 1)
   rng = np.random.default_rng(11)
-  x, g = rng.normal(size=(1, 4, 5, 3)), rng.normal(size=(1, 4, 5, 2))
+  x, g = rng.normal(size=(1, 4, 5, in_channels)), rng.normal(size=(1, 4, 5, 2))
   g[0, 0, 0, 0] = np.inf
   _, vjp = jax.vjp(lambda k: heads.spatial_conv(jnp.asarray(x, jnp.float32), k, 1, (1, 1)),
-                   jnp.zeros((3, 3, 3, 2)))
+                   jnp.zeros((3, 3, in_channels, 2)))
   (dk,) = vjp(jnp.asarray(g, jnp.float32))
   xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   want = np.stack([np.einsum("bhwc,bhw->c", xp[:, i:i + 4, j:j + 5], g[..., 1])
-                   for i in range(3) for j in range(3)]).reshape(3, 3, 3)
+                   for i in range(3) for j in range(3)]).reshape(3, 3, in_channels)
   np.testing.assert_allclose(dk[..., 1], want, rtol=1e-5, atol=1e-5)
 
 

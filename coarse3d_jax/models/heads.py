@@ -154,10 +154,9 @@ def spatial_conv(x: Array, kernel: Array, dilation: int, padding: tuple[int, int
 
   XLA:CPU computes the kernel gradient of a spatial convolution ~10x slower than the forward
   pass (a 3x3, 32-channel, 2x64x512 one: 40 vs 4 ms); in a SalsaNext train step those gradients
-  were 1.2 of 2.2 s. Here it is one matrix product per kernel tap, with the shifted input
-  channel-major (C, pixels) and the cotangent pixel-major (pixels, F), the operand orders
-  XLA:CPU's matmuls run fastest (measured plain step 2.23 -> 1.72 s with the opt-in malloc
-  setting, full COARSE3D step 3.12 -> ~2.8 s with the default one; README, Benchmarks).
+  were 1.2 of 2.2 s. Here it is one matrix product per kernel tap (`conv_kernel_gradient`;
+  measured plain step 2.23 -> 1.72 s with the opt-in malloc setting, full COARSE3D step 3.12
+  -> ~2.8 s with the default one; README, Benchmarks).
   The input gradient stays XLA's (a convolution, as fast as the forward pass).
   """
   return _conv_nhwc(x, kernel, dilation, padding)
@@ -190,23 +189,46 @@ def conv_kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], dila
   """sum over (b, h, w) of x_pad[b, h + d i, w + d j, c] g[b, h, w, f] (>= float32 sums).
 
   x: (B, H, W, C); g: (B, H_out, W_out, F) -> (k_h, k_w, C, F) in x's dtype.
+
+  Both operands are laid out in one flat frame of padded pixels, B x (H + 2 p_h) x
+  (W + 2 p_w), with g at the top left of each image's frame and zeros around it. Kernel tap
+  (i, j) then pairs pixel q of g with pixel q + s of x_pad, s = d (i (W + 2 p_w) + j), so the
+  shifted operand of a tap is a contiguous run of rows of one array, and the zeros of g's frame
+  keep the shift from pairing pixels across rows or images. Either operand can thus be the
+  shifted one: the narrower is shifted (one copy per tap), the other laid out channel-major
+  once, and each tap is the (channels, pixels) @ (pixels, channels) product XLA:CPU runs
+  fastest.
+  Shifting g instead of x halves the cost for decoder convolutions, whose inputs are 1.5-5x
+  wider than their outputs (96 -> 32 channels at 2x64x512: 158 -> 83 ms).
   """
   kh, kw, c, f = kernel_shape
+  b, h, w, _ = x.shape
   _, h_out, w_out, _ = g.shape
-  # The copies below depend on x alone, so XLA:CPU made them as soon as x existed (in the
-  # forward pass) and kept all of them until their products at the end of the backward pass:
-  # +1.3 GB of temporaries and 2x the page faults in a SalsaNext step. Adding a zero computed
-  # from g makes them wait for the cotangent (`optimization_barrier` does not: XLA:CPU drops it
-  # before scheduling); 0 * isfinite(.) is 0 even for a non-finite g.
+  frame_h, frame_w = h + 2 * padding[0], w + 2 * padding[1]
+  pixels = b * frame_h * frame_w
+  shifts = [dilation * (i * frame_w + j) for i in range(kh) for j in range(kw)]
+  reach = shifts[-1]
+  # Whatever is built from x alone, XLA:CPU built as soon as x existed (in the forward pass)
+  # and kept until its products at the end of the backward pass: +1.3 GB of temporaries and 2x
+  # the page faults in a SalsaNext step. Adding a zero computed from g makes it wait for the
+  # cotangent (`optimization_barrier` does not: XLA:CPU drops it before scheduling);
+  # 0 * isfinite(.) is 0 even for a non-finite g.
   x = x + jnp.isfinite(g.reshape(-1)[0]).astype(x.dtype) * 0
-  x_cm = jnp.pad(jnp.moveaxis(x, -1, 0), ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
-  g_pixels = g.reshape(-1, f)
-  taps = [x_cm[:, :, i * dilation:i * dilation + h_out, j * dilation:j * dilation + w_out]
-          for i in range(kh) for j in range(kw)]
+  x_frame = ((0, 0), (padding[0],) * 2, (padding[1],) * 2)
+  g_frame = ((0, 0), (0, frame_h - h_out), (0, frame_w - w_out))
+  contract = (((1,), (0,)), ((), ()))
   accumulate = jnp.promote_types(x.dtype, jnp.float32)
-  products = [jax.lax.dot_general(t.reshape(c, -1), g_pixels, (((1,), (0,)), ((), ())),
-                                  preferred_element_type=accumulate) for t in taps]
-  return jnp.stack(products).reshape(kh, kw, c, f).astype(x.dtype)
+  if f <= c:  # Shift g: tap s pairs x_pad pixel r with g pixel r - s.
+    x_cm = jnp.pad(jnp.moveaxis(x, -1, 0), ((0, 0),) + x_frame).reshape(c, pixels)
+    g_rows = jnp.pad(jnp.pad(g, g_frame + ((0, 0),)).reshape(pixels, f), ((reach, 0), (0, 0)))
+    products = [jax.lax.dot_general(x_cm, g_rows[reach - s:reach - s + pixels], contract,
+                                    preferred_element_type=accumulate) for s in shifts]
+    return jnp.stack(products).reshape(kh, kw, c, f).astype(x.dtype)
+  g_cm = jnp.pad(jnp.moveaxis(g, -1, 0), ((0, 0),) + g_frame).reshape(f, pixels)
+  x_rows = jnp.pad(jnp.pad(x, x_frame + ((0, 0),)).reshape(pixels, c), ((0, reach), (0, 0)))
+  products = [jax.lax.dot_general(g_cm, x_rows[s:s + pixels], contract,
+                                  preferred_element_type=accumulate) for s in shifts]
+  return jnp.stack(products).reshape(kh, kw, f, c).transpose(0, 1, 3, 2).astype(x.dtype)
 
 
 def sum_to_type_of(cotangent: Array, primal: Array) -> Array:
