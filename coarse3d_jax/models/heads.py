@@ -197,9 +197,8 @@ def conv_kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], dila
   keep the shift from pairing pixels across rows or images. Either operand can thus be the
   shifted one: the narrower is shifted (one copy per tap), the other laid out channel-major
   once, and each tap is the (channels, pixels) @ (pixels, channels) product XLA:CPU runs
-  fastest.
-  Shifting g instead of x halves the cost for decoder convolutions, whose inputs are 1.5-5x
-  wider than their outputs (96 -> 32 channels at 2x64x512: 158 -> 83 ms).
+  fastest. Shifting g instead of x halves the cost for decoder convolutions, whose inputs are
+  1.5-5x wider than their outputs (96 -> 32 channels at 2x64x512: 158 -> 83 ms).
   """
   kh, kw, c, f = kernel_shape
   b, h, w, _ = x.shape
