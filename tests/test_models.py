@@ -206,10 +206,11 @@ def _correlate_float64(x, k, dilation, padding):
              for i in range(kh) for j in range(kw))
 
 
-# SalsaNext's 3x3, 3x3 dilation 2 and 2x2 dilation 2 padding 1; SqueezeSeg's 7x7; a 1x3.
+# SalsaNext's 3x3, 3x3 dilation 2 and 2x2 dilation 2 padding 1; SqueezeSeg's 7x7; a 1x3; a
+# taller and narrower output than input.
 @pytest.mark.parametrize("kernel,dilation,padding", [
     ((3, 3), 1, (1, 1)), ((3, 3), 2, (2, 2)), ((2, 2), 2, (1, 1)), ((7, 7), 1, (3, 3)),
-    ((1, 3), 1, (0, 1))])
+    ((1, 3), 1, (0, 1)), ((3, 3), 1, (2, 0))])
 # Per-tap products forced on or off for these few channels; with per_tap, 3 -> 4 channels shifts
 # x and 5 -> 2 shifts the cotangent.
 @pytest.mark.parametrize("per_tap,channels", [(True, (3, 4)), (True, (5, 2)), (False, (3, 4))])
