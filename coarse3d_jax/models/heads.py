@@ -214,15 +214,14 @@ def conv_kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], dila
   x = x + jnp.isfinite(g.reshape(-1)[0]).astype(x.dtype) * 0
   contract = (((1,), (0,)), ((), ()))
   accumulate = jnp.promote_types(x.dtype, jnp.float32)
-  if f <= c:
-    x_cm = jnp.moveaxis(x, -1, 0).reshape(c, pixels)
-    products = [jax.lax.dot_general(x_cm, shift_pixels(g, -s, -t).reshape(pixels, f), contract,
-                                    preferred_element_type=accumulate) for s, t in offsets]
-    return jnp.stack(products).reshape(kh, kw, c, f).astype(x.dtype)
-  g_cm = jnp.moveaxis(g, -1, 0).reshape(f, pixels)
-  products = [jax.lax.dot_general(g_cm, shift_pixels(x, s, t).reshape(pixels, c), contract,
-                                  preferred_element_type=accumulate) for s, t in offsets]
-  return jnp.stack(products).reshape(kh, kw, f, c).transpose(0, 1, 3, 2).astype(x.dtype)
+  # Shifting g by (-s, -t) lines it up with x as shifting x by (s, t) lines x up with g.
+  fixed, moving, sign = (x, g, -1) if f <= c else (g, x, 1)
+  fixed_cm = jnp.moveaxis(fixed, -1, 0).reshape(-1, pixels)
+  taps = [shift_pixels(moving, sign * s, sign * t).reshape(pixels, -1) for s, t in offsets]
+  products = [jax.lax.dot_general(fixed_cm, tap, contract, preferred_element_type=accumulate)
+              for tap in taps]
+  grad = jnp.stack(products).reshape(kh, kw, *products[0].shape)  # (.., fixed, moving) channels
+  return (grad if f <= c else grad.swapaxes(2, 3)).astype(x.dtype)
 
 
 def shift_pixels(image: Array, rows: int, cols: int) -> Array:
