@@ -235,9 +235,10 @@ def test_spatial_conv_value_and_gradients_match_float64(kernel, dilation, paddin
                              rtol=1e-5)
 
 
-def test_spatial_conv_kernel_gradient_is_summed_over_devices(monkeypatch):
+@pytest.mark.parametrize("per_tap", [True, False])
+def test_spatial_conv_kernel_gradient_is_summed_over_devices(per_tap, monkeypatch):
   """Under shard_map the replicated kernel's gradient is the whole batch's, as with autodiff."""
-  monkeypatch.setattr(heads, "PER_TAP_MIN_CHANNELS", 1)  # The per-tap products, 3 channels.
+  monkeypatch.setattr(heads, "PER_TAP_MIN_CHANNELS", 1 if per_tap else 10**6)  # 3 channels.
   mesh = Mesh(np.asarray(jax.devices()[:4]), ("data",))
   rng = np.random.default_rng(10)
   x = jnp.asarray(rng.normal(size=(4, 5, 7, 3)), jnp.float32)
@@ -247,6 +248,23 @@ def test_spatial_conv_kernel_gradient_is_summed_over_devices(monkeypatch):
       lambda k, x: jax.grad(lambda k: jax.lax.psum(loss(k, x), "data"))(k),
       mesh=mesh, in_specs=(P(), P("data")), out_specs=P()))
   np.testing.assert_allclose(sharded(k, x), jax.grad(loss)(k, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("platform,convolutions,products", [
+    ("cpu", 2, 9), ("cuda", 3, 0), ("rocm", 3, 0), ("tpu", 3, 0)])
+def test_spatial_conv_per_tap_kernel_gradient_is_for_xla_cpu_only(platform, convolutions,
+                                                                   products):
+  """Lowered for a GPU or TPU, the kernel gradient stays a convolution (cuDNN's, the TPU's).
+
+  On CPU: the forward and input-gradient convolutions, and one product per tap of the 3x3.
+  """
+  loss = lambda k, x: jnp.sum(jnp.sin(heads.spatial_conv(x, k, 1, (1, 1))))
+  k = jax.ShapeDtypeStruct((3, 3, 32, 32), jnp.float32)
+  x = jax.ShapeDtypeStruct((1, 8, 8, 32), jnp.float32)
+  exported = jax.export.export(jax.jit(jax.grad(loss, argnums=(0, 1))), platforms=[platform])
+  text = exported(k, x).mlir_module()
+  assert text.count("stablehlo.convolution") == convolutions
+  assert text.count("stablehlo.dot_general") == products
 
 
 def test_spatial_conv_per_tap_copies_live_only_in_their_layers_backward(monkeypatch):

@@ -157,7 +157,8 @@ def spatial_conv(x: Array, kernel: Array, dilation: int, padding: tuple[int, int
   were 1.2 of 2.2 s. Here it is one matrix product per kernel tap (`conv_kernel_gradient`;
   measured plain step 2.23 -> 1.72 s with the opt-in malloc setting, full COARSE3D step 3.12
   -> ~2.8 s with the default one; README, Benchmarks).
-  The input gradient stays XLA's (a convolution, as fast as the forward pass).
+  The input gradient stays XLA's (a convolution, as fast as the forward pass), and so does the
+  kernel gradient wherever the step is compiled for anything but a CPU.
   """
   return _conv_nhwc(x, kernel, dilation, padding)
 
@@ -175,10 +176,17 @@ PER_TAP_MIN_CHANNELS = 32
 def _spatial_conv_bwd(dilation, padding, residuals, g):
   x, kernel = residuals
   conv_of = lambda x, kernel: _conv_nhwc(x, kernel, dilation, padding)
+  autodiff = lambda x, g: jax.vjp(conv_of, x, kernel)[1](g)
   if x.shape[-1] < PER_TAP_MIN_CHANNELS:
-    return jax.vjp(conv_of, x, kernel)[1](g)
-  (dx,) = jax.vjp(lambda x: conv_of(x, kernel), x)[1](g)
-  return dx, sum_to_type_of(conv_kernel_gradient(x, g, kernel.shape, dilation, padding), kernel)
+    return autodiff(x, g)
+
+  def per_tap(x, g):
+    (dx,) = jax.vjp(lambda x: conv_of(x, kernel), x)[1](g)
+    dk = conv_kernel_gradient(x, g, kernel.shape, dilation, padding)
+    return dx, sum_to_type_of(dk, kernel)
+  # The slow kernel gradient is XLA:CPU's alone: GPUs and TPUs keep their own convolution
+  # (cuDNN's, the TPU's), which nine shifted copies and thin products would not beat.
+  return jax.lax.platform_dependent(x, g, cpu=per_tap, default=autodiff)
 
 
 spatial_conv.defvjp(_spatial_conv_fwd, _spatial_conv_bwd)
