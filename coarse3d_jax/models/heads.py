@@ -184,8 +184,8 @@ def _spatial_conv_bwd(dilation, padding, residuals, g):
     (dx,) = jax.vjp(lambda x: conv_of(x, kernel), x)[1](g)
     dk = conv_kernel_gradient(x, g, kernel.shape, dilation, padding)
     return dx, sum_to_type_of(dk, kernel)
-  # The slow kernel gradient is XLA:CPU's alone: GPUs and TPUs keep their own convolution
-  # (cuDNN's, the TPU's), which nine shifted copies and thin products would not beat.
+  # The slow kernel gradient is XLA:CPU's, and the per-tap workaround was measured there only:
+  # GPUs and TPUs keep their own convolution gradient (cuDNN's, the TPU's).
   return jax.lax.platform_dependent(x, g, cpu=per_tap, default=autodiff)
 
 
