@@ -6,8 +6,9 @@
         [--seeds 0,1,2] [--variants weak,coarse3d,full] [--override=--config.num_epochs=30]
 
 Each (variant, seed) is one `python -m coarse3d_jax.main --config configs/demo.py` run in its
-own workdir W/<variant>_seed<n> (a finished one only re-evaluates: the trainer resumes), and its
-final results.json is read. Variants: the demo config with `contrast.enabled=false` (weak), the
+own workdir W/<variant>_seed<n>, and its final results.json is read. A run this script finished
+is read back from W/<variant>_seed<n>/ablation_run.json instead of run again, whatever the flags:
+give each set of --override flags its own W. Variants: the demo config with `contrast.enabled=false` (weak), the
 demo itself (coarse3d) and, with --full-data-dir, every labeled pixel of each crop in the losses
 (full). A single 480-step run moves by several points of mIoU with the seed, so one run per
 variant cannot rank them; this prints the mean, the sample standard deviation and every run.
