@@ -25,14 +25,14 @@ test: $(STAMP)
 # Synthetic scans -> TFRecords at 0.1% labels -> train the demo config (ends with its per-class
 # table) -> benchmark-format predictions of the val split -> the official evaluation of those files.
 demo: $(STAMP)
-	$(PY) -m data_prep --dataset synthetic --raw-dir $(DEMO_DATA)/raw --out-dir $(DEMO_DATA)/tfds \
-	  --label-ratio 0.001 --workers 2
+	$(PY) -m data_prep --dataset synthetic --raw_dir $(DEMO_DATA)/raw --out_dir $(DEMO_DATA)/tfds \
+	  --label_ratio 0.001 --workers 2
 	$(PY) -m coarse3d_jax.main --config configs/demo.py --workdir $(DEMO_WORKDIR) \
 	  --config.data_dir=$(DEMO_DATA)/tfds
-	$(PY) -m coarse3d_jax.predict --workdir $(DEMO_WORKDIR) --raw-dir $(DEMO_DATA)/raw \
-	  --out-dir $(DEMO_WORKDIR)/predictions --split val --batch-size 4 --pictures 2 --ply 1
-	$(PY) -m coarse3d_jax.evaluate --dataset synthetic --raw-dir $(DEMO_DATA)/raw \
-	  --pred-dir $(DEMO_WORKDIR)/predictions --split val --json $(DEMO_WORKDIR)/official_eval.json
+	$(PY) -m coarse3d_jax.predict --workdir $(DEMO_WORKDIR) --raw_dir $(DEMO_DATA)/raw \
+	  --out_dir $(DEMO_WORKDIR)/predictions --split val --batch_size 4 --pictures 2 --ply 1
+	$(PY) -m coarse3d_jax.evaluate --dataset synthetic --raw_dir $(DEMO_DATA)/raw \
+	  --pred_dir $(DEMO_WORKDIR)/predictions --split val --json $(DEMO_WORKDIR)/official_eval.json
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/bench_train.py

@@ -1,7 +1,7 @@
 """The README's ablation on the synthetic data over several seeds: mean and spread per variant.
 
-    python -m data_prep --dataset synthetic --raw-dir D/raw --out-dir D/tfds --label-ratio 0.001
-    python -m data_prep --dataset synthetic --raw-dir D/raw --out-dir D/full --label-ratio 1
+    python -m data_prep --dataset synthetic --raw_dir D/raw --out_dir D/tfds --label_ratio 0.001
+    python -m data_prep --dataset synthetic --raw_dir D/raw --out_dir D/full --label_ratio 1
     python benchmarks/ablation.py --data-dir D/tfds [--full-data-dir D/full] --workdir W \\
         [--seeds 0,1,2] [--variants weak,coarse3d,full] [--override=--config.num_epochs=30]
 
@@ -24,7 +24,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # pylint: disable=wrong-import-position
-from coarse3d_jax import export
+from coarse3d_jax import files
 
 VARIANTS = {
     "weak": ("0.1%", "focal + Lovasz (`contrast.enabled=false`)",
@@ -54,7 +54,7 @@ def run_once(variant: str, seed: int, data_dir: str, workdir: str,
     results = json.load(f)
   run = {"variant": variant, "seed": seed, "step": results["step"], "miou": results["miou"],
          "accuracy": results["accuracy"], "seconds": time.time() - start}
-  export.atomic_write_json(record, run)
+  files.atomic_write_json(record, run)
   return run
 
 
@@ -89,7 +89,7 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--data-dir", required=True, help="the 0.1%% conversion")
-  parser.add_argument("--full-data-dir", help="a --label-ratio 1 conversion (variant 'full')")
+  parser.add_argument("--full-data-dir", help="a --label_ratio 1 conversion (variant 'full')")
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--variants", default="weak,coarse3d,full")

@@ -43,7 +43,10 @@ def build_cases(a):
   """name -> (jitted function, arguments) at the requested sizes."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from coarse3d_jax import losses, prototypes, sampling  # pylint: disable=g-import-not-at-top
+
+  from coarse3d_jax import losses  # pylint: disable=g-import-not-at-top
+  from coarse3d_jax import prototypes
+  from coarse3d_jax import sampling
   keys = jax.random.split(jax.random.PRNGKey(0), 8)
   n = a.height * a.width
   c = a.classes
@@ -80,6 +83,7 @@ def main():
   args = parse_args()
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax  # pylint: disable=g-import-not-at-top
+
   from benchmarks import hardware  # pylint: disable=g-import-not-at-top
   rows = [(name, *timings(fn, fn_args, args.repeats))
           for name, (fn, fn_args) in build_cases(args).items()]
@@ -93,6 +97,4 @@ def main():
 
 
 if __name__ == "__main__":
-  from coarse3d_jax import host_memory  # pylint: disable=g-import-not-at-top
-  host_memory.reexec_with_tunables()  # Only with COARSE3D_MALLOC_TUNING=1, as in training.
   main()

@@ -32,11 +32,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import hardware
-from coarse3d_jax import datasets
-from coarse3d_jax import projection
+from coarse3d_jax.data import datasets
+from coarse3d_jax.data import projection
+from coarse3d_jax.data import readers
+from coarse3d_jax.data import weak_labels
 from data_prep import convert
-from data_prep import readers
-from data_prep import weak_labels
 from data_prep import writer
 
 

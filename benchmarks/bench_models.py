@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import hardware  # pylint: disable=g-import-not-at-top,wrong-import-position
-from coarse3d_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import hardware
+from coarse3d_jax import models
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 NUM_CLASSES = 20
@@ -81,8 +81,8 @@ def bench_jax(name: str, height: int, width: int, args) -> dict[str, float]:
 def bench_torch(name: str, height: int, width: int, args) -> dict[str, float] | None:
   """The reference PyTorch module's times per scan, or None when it cannot be imported."""
   try:
-    import torch  # pylint: disable=g-import-not-at-top
     import pc_processor.models as reference  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None
   torch.set_num_threads(os.cpu_count() or 1)
@@ -177,6 +177,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  from coarse3d_jax import host_memory  # pylint: disable=g-import-not-at-top
-  host_memory.reexec_with_tunables()  # Only with COARSE3D_MALLOC_TUNING=1, as in training.
   main()

@@ -102,6 +102,7 @@ def main():
                                f" --xla_force_host_platform_device_count={args.devices}")
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax  # pylint: disable=g-import-not-at-top
+
   from benchmarks import common  # pylint: disable=g-import-not-at-top
   from benchmarks import rounds  # pylint: disable=g-import-not-at-top
   steps = {}
@@ -123,6 +124,4 @@ def main():
 
 
 if __name__ == "__main__":
-  from coarse3d_jax import host_memory  # pylint: disable=g-import-not-at-top
-  host_memory.reexec_with_tunables()  # Only with COARSE3D_MALLOC_TUNING=1, as in training.
   main()

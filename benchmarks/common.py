@@ -1,11 +1,13 @@
 """Shared pieces of the benchmark scripts: random inputs, step builders, steppers, machine name."""
 import jax
+import ml_collections
 import numpy as np
 
 from benchmarks import hardware
+from coarse3d_jax import programs
+from coarse3d_jax import settings
+from coarse3d_jax.data import datasets
 from configs import default
-from coarse3d_jax import datasets
-from coarse3d_jax import train
 
 
 def fake_stats(num_classes: int, height: int, width: int, label_fraction: float) -> dict:
@@ -49,22 +51,22 @@ def build(row: str, args):
   config = bench_config(row, args)
   info = datasets.get_info("semantickitti")
   stats = fake_stats(info.num_classes, args.height, args.width, args.label_fraction)
-  settings = train.make_settings(config, info, stats, steps_per_epoch=100, total_steps=10_000)
-  tx, schedule = train.make_optimizer(config, 100, 10_000)
-  setup = train.Setup(config=config, info=info, builder=None, mesh=train.make_mesh(),
-                      model=train.build_model(config, info.num_classes), tx=tx,
-                      schedule=schedule, settings=settings, steps_per_epoch=100,
-                      total_steps=10_000, local_batch=args.batch, local_eval_batch=args.batch)
-  state = train.initial_state(setup)
+  derived = settings.derive(config, info, stats, steps_per_epoch=100, total_steps=10_000)
+  tx, schedule = programs.make_optimizer(config, 100, 10_000)
+  mesh = programs.make_mesh()
+  model = programs.build_model(config, info.num_classes)
+  state = programs.initial_state(programs.state_init_fn(config, model, tx, derived),
+                                 config.seed, mesh)
   batch = random_batch(args, info.num_classes, np.random.default_rng(0))
   if row == "eval":
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    fn = train.compile_eval_step(setup)
+    fn = programs.compile_eval_step(model, derived, mesh)
     step = lambda v, b: (v, fn(v, b))
-    return step, variables, train.to_global(batch, setup.mesh), args.batch
+    return step, variables, programs.to_global(batch, mesh), args.batch
   keys = ("range_image", "label", "weak_label")
-  return (train.compile_train_step(setup), state,
-          train.to_global({k: batch[k] for k in keys}, setup.mesh), args.batch)
+  train_fn = programs.compile_train_step(model, tx, schedule,
+                                         ml_collections.FrozenConfigDict(config), derived, mesh)
+  return (train_fn, state, programs.to_global({k: batch[k] for k in keys}, mesh), args.batch)
 
 
 def stepper(fn, state, batch):

@@ -1,6 +1,6 @@
 """Point mIoU with and without RangeNet++ KNN post-processing (k=5, window 5, sigma 1, cutoff 1).
 
-    python benchmarks/knn_gain.py [--sample-dir DIR] [--workdir DIR --raw-dir RAW --split val]
+    python benchmarks/knn_gain.py [--sample-dir DIR] [--workdir DIR --raw_dir RAW --split val]
 
 - oracle (needs --sample-dir, default $COARSE3D_SAMPLE_DIR): the ground-truth label of every
   pixel's winning point is the "prediction", so every error is a point that lost its pixel to a
@@ -17,12 +17,13 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable=wrong-import-position
-from coarse3d_jax import datasets
 from coarse3d_jax import evaluate
 from coarse3d_jax import predict
-from coarse3d_jax import projection
-from data_prep import readers
+# pylint: disable=wrong-import-position
+from coarse3d_jax.data import datasets
+from coarse3d_jax.data import pixels
+from coarse3d_jax.data import projection
+from coarse3d_jax.data import readers
 
 
 class PixelOracle:
@@ -34,7 +35,7 @@ class PixelOracle:
     for ref in refs:
       points = readers.read_points(dataset, ref)
       labels = datasets.map_labels(info, readers.read_labels(dataset, ref, len(points)))
-      finite = predict.projectable(points)
+      finite = pixels.projectable(points)
       kept = points[finite]
       row, col, depth = projection.project_np(kept[:, :3], **geo)
       image, winner = projection.range_image_np(kept, row, col, depth, geo["height"],
@@ -68,7 +69,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sample-dir", default=os.environ.get("COARSE3D_SAMPLE_DIR"))
   parser.add_argument("--workdir", default=None)
-  parser.add_argument("--raw-dir", default=None)
+  parser.add_argument("--raw_dir", default=None)
   parser.add_argument("--dataset", default="synthetic")
   parser.add_argument("--split", default="val")
   args = parser.parse_args()

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from coarse3d_jax import projection
+from coarse3d_jax.data import projection
 
 Array = jax.Array
 

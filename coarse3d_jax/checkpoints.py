@@ -8,10 +8,11 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from coarse3d_jax import export
+from coarse3d_jax import files
 
 # Config entries that change the shapes or meaning of the saved state.
 STRUCTURAL_KEYS = ("dataset", "model.name", "model.width", "model.embed_dim",
@@ -42,7 +43,7 @@ def check_or_save_config(workdir: str, config: ml_collections.ConfigDict) -> Non
           f"{workdir}: holds a run with an incompatible config ({'; '.join(diffs)}); "
           "use a new --workdir or the original config")
   os.makedirs(workdir, exist_ok=True)
-  export.atomic_write_json(path, current, indent=2, sort_keys=True)
+  files.atomic_write_json(path, current, indent=2, sort_keys=True)
 
 
 def load_saved_config(workdir: str) -> ml_collections.ConfigDict:
@@ -81,6 +82,21 @@ class Checkpoints:
     if step is None:
       return None
     return manager.restore(step, args=ocp.args.StandardRestore(state))
+
+  def restore_variables(self, which: str | int, sharding) -> tuple[dict, int] | None:
+    """({'params', 'batch_stats'}, step) of a saved train state, placed with `sharding`;
+    None if nothing is saved. The optimizer state and the bank are not read."""
+    manager, step = self._resolve(which)
+    if step is None:
+      return None
+    saved = ocp.StandardCheckpointHandler().metadata(manager.directory / str(step) / "default")
+    wanted = {k: saved[k] for k in ("params", "batch_stats", "step")}
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), wanted)
+    restored = manager.restore(step, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+    return {k: restored[k] for k in ("params", "batch_stats")}, int(restored["step"])
 
   def _resolve(self, which: str | int):
     if which == "latest":

@@ -1,27 +1,29 @@
 """Official-protocol evaluation of prediction files: python -m coarse3d_jax.evaluate ...
 
-    python -m coarse3d_jax.evaluate --dataset semantickitti --raw-dir RAW --pred-dir OUT
+    python -m coarse3d_jax.evaluate --dataset semantickitti --raw_dir RAW --pred_dir OUT
         [--split val] [--sequences 08,...] [--json FILE]
 
 Ground truth and predictions are mapped with the dataset's learning map, one confusion matrix is
 accumulated over all points of the split, and per-class IoU / mIoU follow the dataset's official
-evaluator (coarse3d_jax.evaluation; SemanticKITTI/POSS: semantic-kitti-api, nuScenes: devkit).
+evaluator (coarse3d_jax.metrics; SemanticKITTI/POSS: semantic-kitti-api, nuScenes: devkit).
 As in semantic-kitti-api, only the low 16 bits of a prediction are read and raw ids absent from
 the learning map count as class 0 (a miss); nuScenes predictions must lie in 1..16.
 """
-import argparse
+from collections.abc import Sequence
 import pathlib
 import sys
-from collections.abc import Sequence
 from typing import Any
 
+from absl import flags
 import numpy as np
 
-from coarse3d_jax import datasets
-from coarse3d_jax import evaluation
-from coarse3d_jax import export
-from data_prep import errors as data_errors
-from data_prep import readers
+from coarse3d_jax import files
+from coarse3d_jax import metrics
+from coarse3d_jax import startup
+from coarse3d_jax import submission
+from coarse3d_jax.data import datasets
+from coarse3d_jax.data import errors as data_errors
+from coarse3d_jax.data import readers
 
 
 class EvaluateError(Exception):
@@ -30,8 +32,8 @@ class EvaluateError(Exception):
 
 def prediction_path(dataset: str, pred_dir, split: str, ref) -> pathlib.Path:
   if dataset == "nuscenes":
-    return export.nuscenes_prediction_path(pred_dir, split, str(ref.scan_id))
-  return export.kitti_prediction_path(pred_dir, ref.sequence, ref.frame)
+    return submission.nuscenes_prediction_path(pred_dir, split, str(ref.scan_id))
+  return submission.kitti_prediction_path(pred_dir, ref.sequence, ref.frame)
 
 
 def read_prediction(dataset: str, info, path: pathlib.Path, num_points: int,
@@ -83,36 +85,39 @@ def evaluate_predictions(dataset: str, raw_dir, pred_dir, split: str = "val",
     label = datasets.map_labels(info, raw, source=str(ref.label_path))
     pred = read_prediction(dataset, info, prediction_path(dataset, pred_dir, split, ref),
                            num_points, ref.points_path)
-    conf += evaluation.confusion_matrix_np(pred, label, info.num_classes)
-  return evaluation.results_from_confusion(info, conf, len(refs))
+    conf += metrics.confusion_matrix_np(pred, label, info.num_classes)
+  return metrics.results_from_confusion(info, conf, len(refs))
 
 
-def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m coarse3d_jax.evaluate",
-                                   description=__doc__.split("\n")[0])
-  parser.add_argument("--dataset", required=True,
-                      choices=("semantickitti", "semanticposs", "nuscenes", "synthetic"))
-  parser.add_argument("--raw-dir", required=True, help="raw dataset root (ground truth)")
-  parser.add_argument("--pred-dir", required=True, help="root of the prediction files")
-  parser.add_argument("--split", default="val")
-  parser.add_argument("--sequences", default=None, help="comma-separated, overrides --split")
-  parser.add_argument("--json", default=None, help="also write the results here")
-  return parser.parse_args(argv)
+def define_flags(fv: flags.FlagValues, argv) -> None:
+  del argv
+  flags.DEFINE_enum("dataset", None, list(datasets.NAMES), "Dataset of the scans.",
+                    flag_values=fv)
+  flags.DEFINE_string("raw_dir", None, "Raw dataset root (the ground truth).", flag_values=fv)
+  flags.DEFINE_string("pred_dir", None, "Root of the prediction files.", flag_values=fv)
+  flags.DEFINE_string("split", "val", "Split to evaluate.", flag_values=fv)
+  flags.DEFINE_list("sequences", None, "Comma-separated sequences; overrides --split.",
+                    flag_values=fv)
+  flags.DEFINE_string("json", None, "Also write the results here.", flag_values=fv)
+  flags.mark_flags_as_required(["dataset", "raw_dir", "pred_dir"], flag_values=fv)
+
+
+def run(args: flags.FlagValues) -> None:
+  results = evaluate_predictions(args.dataset, args.raw_dir, args.pred_dir, args.split,
+                                 args.sequences or None)
+  print(metrics.report(datasets.get_info(args.dataset), results))
+  if args.json:
+    files.atomic_write_json(args.json, results, indent=2)
+
+
+PROGRAM = startup.Program("coarse3d_jax.evaluate", __doc__, define_flags, run,
+                          (EvaluateError, data_errors.DataError))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = _parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    sequences = args.sequences.split(",") if args.sequences else None
-    results = evaluate_predictions(args.dataset, args.raw_dir, args.pred_dir, args.split,
-                                   sequences)
-  except (EvaluateError, data_errors.DataError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  print(evaluation.report(datasets.get_info(args.dataset), results))
-  if args.json:
-    export.atomic_write_json(args.json, results, indent=2)
-  return 0
+  """Runs the CLI on argv (without the program name; default sys.argv[1:])."""
+  argv = sys.argv[1:] if argv is None else argv
+  return startup.run(PROGRAM, ["evaluate", *argv])
 
 
 if __name__ == "__main__":

@@ -1,21 +1,22 @@
-"""A trained model as a plain function of raw range images, for predict and the benchmarks."""
+"""A trained model as a plain function of raw range images, for predict and the benchmarks.
+
+Only the parameters and BatchNorm statistics are restored: no optimizer, no training module.
+"""
 import dataclasses
-import functools
 import json
 import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import SingleDeviceSharding
 import ml_collections
 import numpy as np
-from jax.sharding import SingleDeviceSharding
 
 from coarse3d_jax import augment
 from coarse3d_jax import checkpoints
-from coarse3d_jax import datasets
-from coarse3d_jax import train
-from coarse3d_jax import train_step as ts
+from coarse3d_jax import programs
+from coarse3d_jax.data import datasets
 
 
 @dataclasses.dataclass
@@ -34,18 +35,6 @@ class Predictor:
     return np.asarray(self._apply(self.variables, jnp.asarray(range_images, jnp.float32)))
 
 
-def _abstract_state(config, num_classes: int):
-  """The TrainState structure of a run, without allocating it."""
-  model = train.build_model(config, num_classes)
-  tx, _ = train.make_optimizer(config, 1, 2)
-  init = functools.partial(
-      ts.create_train_state, model=model, tx=tx, image_shape=(1, 64, 64, 5),
-      num_classes=num_classes, num_sub=config.contrast.sub_prototypes,
-      embed_dim=config.model.embed_dim)
-  return ts.abstract_train_state(init, jax.random.PRNGKey(0),
-                                 SingleDeviceSharding(jax.devices()[0]))
-
-
 def load_predictor(workdir: str, checkpoint: str | int = "latest") -> Predictor:
   """Restores params and BN statistics of `workdir`'s checkpoint (latest, best or a step)."""
   config = checkpoints.load_saved_config(workdir)
@@ -56,13 +45,13 @@ def load_predictor(workdir: str, checkpoint: str | int = "latest") -> Predictor:
   with open(info_path) as f:
     data_info = json.load(f)
   manager = checkpoints.Checkpoints(workdir)
-  state = manager.restore(_abstract_state(config, info.num_classes), checkpoint)
+  restored = manager.restore_variables(checkpoint, SingleDeviceSharding(jax.devices()[0]))
   manager.close()
-  if state is None:
+  if restored is None:
     raise checkpoints.CheckpointError(f"{workdir}: no {checkpoint} checkpoint to load")
-  inference_config = ml_collections.ConfigDict(config.to_dict())
-  inference_config.contrast.enabled = False  # No projection head at inference: unused params.
-  model = train.build_model(inference_config, info.num_classes)
+  variables, step = restored
+  # No projection head at inference: its parameters are restored but unused.
+  model = programs.build_model(config, info.num_classes, projection_head=False)
   mean = np.asarray(data_info["mean"], np.float32)
   std = np.asarray(data_info["std"], np.float32)
 
@@ -72,6 +61,4 @@ def load_predictor(workdir: str, checkpoint: str | int = "latest") -> Predictor:
     return jax.nn.softmax(model.apply(variables, x, train=False)["logits"], axis=-1)
 
   return Predictor(config=config, info=info, mean=mean, std=std,
-                   geometry=data_info["geometry"], step=int(state.step),
-                   variables={"params": state.params, "batch_stats": state.batch_stats},
-                   _apply=apply)
+                   geometry=data_info["geometry"], step=step, variables=variables, _apply=apply)

@@ -1,60 +1,45 @@
-"""Entry point: python -m coarse3d_jax.main --config configs/<x>.py --workdir DIR [--mode ...]."""
-if __name__ == "__main__":  # Before the heavy imports below, which a re-execution repeats.
-  from coarse3d_jax import host_memory
-  host_memory.reexec_with_tunables()
+"""Training and evaluation: python -m coarse3d_jax.main --config configs/<x>.py --workdir DIR.
 
-import logging as py_logging  # pylint: disable=g-import-not-at-top,wrong-import-position
-import os
-import sys
+Trains (resuming from the latest checkpoint in DIR) and evaluates on the config's eval split;
+`--mode eval` only evaluates a saved checkpoint. Config fields are overridden on the command line
+as `--config.a.b=value`.
+"""
+from coarse3d_jax import startup  # isort: skip  # First: it sets log levels.
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (and evaluate), or only evaluate.")
-flags.DEFINE_string("checkpoint", "latest", "With --mode eval: latest, best or a step number.")
-flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
-flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
-flags.DEFINE_integer("process_id", None, "Multi-process: index of this process.")
-config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
-FLAGS = flags.FLAGS
+
+def define_flags(fv: flags.FlagValues, argv) -> None:
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.",
+                      flag_values=fv)
+  flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (and evaluate), or only evaluate.",
+                    flag_values=fv)
+  flags.DEFINE_string("checkpoint", "latest", "With --mode eval: latest, best or a step number.",
+                      flag_values=fv)
+  config_flags.DEFINE_config_file("config", None, "Training configuration file.",
+                                  flag_values=fv, lock_config=True, sys_argv=argv)
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
 
 
-class _LibraryInfoFilter(py_logging.Filter):
-  """Drops INFO lines of orbax and tfds (dozens per checkpoint / dataset); keeps warnings."""
+def main(fv: flags.FlagValues) -> None:
+  from coarse3d_jax import train  # pylint: disable=g-import-not-at-top  # After start-up.
+  logging.info("Config:\n%s", fv.config)
+  if fv.mode == "train":
+    train.train_and_evaluate(fv.config, fv.workdir)
+  else:
+    checkpoint = int(fv.checkpoint) if fv.checkpoint.isdigit() else fv.checkpoint
+    train.evaluate_checkpoint(fv.config, fv.workdir, checkpoint)
 
-  def filter(self, record: py_logging.LogRecord) -> bool:
-    noisy = any(f"{os.sep}{lib}{os.sep}" in record.pathname
-                for lib in ("orbax", "tensorflow_datasets"))
-    return record.levelno >= py_logging.WARNING or not noisy
 
-
-def main(argv):
-  del argv
-  logging.get_absl_logger().addFilter(_LibraryInfoFilter())
-  from coarse3d_jax import distributed  # pylint: disable=g-import-not-at-top
-  try:
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  except distributed.LaunchError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  from coarse3d_jax import train  # pylint: disable=g-import-not-at-top
+def _errors() -> tuple[type[BaseException], ...]:
   from coarse3d_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from coarse3d_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  logging.info("Config:\n%s", FLAGS.config)
-  try:
-    if FLAGS.mode == "train":
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    else:
-      train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
-  except (train.TrainingError, checkpoints.CheckpointError, input_pipeline.InputError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  from coarse3d_jax import train  # pylint: disable=g-import-not-at-top
+  return (train.TrainingError, checkpoints.CheckpointError, input_pipeline.InputError)
 
 
 if __name__ == "__main__":
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  app.run(main)
+  startup.main_entry(startup.Program("coarse3d_jax.main", __doc__, define_flags, main,
+                                     _errors(), multi_process=True))

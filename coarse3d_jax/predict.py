@@ -1,8 +1,8 @@
 """Benchmark-format predictions from raw scans: python -m coarse3d_jax.predict ...
 
-    python -m coarse3d_jax.predict --workdir DIR --raw-dir RAW --out-dir OUT [--split val|test]
+    python -m coarse3d_jax.predict --workdir DIR --raw_dir RAW --out_dir OUT [--split val|test]
         [--sequences 08,...] [--checkpoint latest|best|STEP] [--knn] [--zip]
-        [--batch-size 4] [--pictures N] [--ply N]
+        [--batch_size 4] [--pictures N] [--ply N]
 
 Raw scans are read and projected on the host (numpy, the data_prep projection), a batch of B
 range images goes through the model (static shapes: a short last batch is padded with empty
@@ -11,30 +11,28 @@ device, points padded to a fixed count with a mask). Every point of the stored s
 points outside the vertical field of view take the pixel their row is clamped to; points with
 non-finite coordinates (not projectable) take the scan's most frequent predicted class.
 """
-if __name__ == "__main__":  # Before the heavy imports below, which a re-execution repeats.
-  from coarse3d_jax import host_memory
-  host_memory.reexec_with_tunables()
-
-import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
+from collections.abc import Callable, Sequence
 import concurrent.futures
 import dataclasses
 import json
 import pathlib
 import sys
 import time
-from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from absl import flags
 import numpy as np
 
-from coarse3d_jax import datasets
-from coarse3d_jax import export
 from coarse3d_jax import knn as knn_lib
-from coarse3d_jax import projection
+from coarse3d_jax import startup
+from coarse3d_jax import submission
 from coarse3d_jax import visualize
-from data_prep import errors as data_errors
-from data_prep import readers
-from data_prep import weak_labels
+from coarse3d_jax.data import datasets
+from coarse3d_jax.data import errors as data_errors
+from coarse3d_jax.data import pixels
+from coarse3d_jax.data import projection
+from coarse3d_jax.data import readers
+from coarse3d_jax.data import weak_labels
 
 POINT_PAD = 16384  # KNN point buckets: one compile per bucket, not per scan.
 
@@ -71,32 +69,14 @@ def geometry_of(predictor: PredictorLike) -> dict[str, Any]:
   return dict(saved) if saved else dict(predictor.info.geometry)
 
 
-def projectable(points: np.ndarray) -> np.ndarray:
-  """(N,) bool: finite x, y, z, remission and not at the origin (data_prep keeps exactly these)."""
-  return np.isfinite(points).all(axis=1) & (points[:, :3] != 0).any(axis=1)
-
-
-def _pixels(dataset: str, ref, points: np.ndarray, finite: np.ndarray, geometry: dict):
-  """Row, col, depth of the finite points: SemanticPOSS .tag pixels when present, else the
-  spherical projection (as data_prep builds the training images)."""
-  kept = points[finite]
-  tags = None
-  if dataset == "semanticposs":
-    tags = readers.read_tag_pixels(ref, len(points), geometry["height"], geometry["width"])
-  if tags is None:
-    return projection.project_np(kept[:, :3], **geometry)
-  depth = np.sqrt((kept[:, :3].astype(np.float64) ** 2).sum(axis=1)).astype(np.float32)
-  return tags[0][finite], tags[1][finite], depth
-
-
 def prepare_scan(dataset: str, ref, geometry: dict[str, Any]) -> PreparedScan:
   """Reads and projects one scan; raises PredictError when no point lands in the image."""
   points = readers.read_points(dataset, ref)
-  finite = projectable(points)
+  finite = pixels.projectable(points)
   if not finite.any():
     raise PredictError(f"{ref.points_path}: none of its {len(points)} points is finite and "
                        "off the origin, so the scan has no pixel to predict")
-  row, col, depth = _pixels(dataset, ref, points, finite, geometry)
+  row, col, depth = pixels.scan_pixels(dataset, ref, points, finite, geometry)
   image, winner = projection.range_image_np(points[finite], row, col, depth,
                                             geometry["height"], geometry["width"])
   return PreparedScan(ref, points, finite, row, col, depth, image, winner)
@@ -144,10 +124,10 @@ def write_prediction(dataset: str, info, out_dir, split: str, scan: PreparedScan
                      labels: np.ndarray) -> pathlib.Path:
   """The benchmark file of one scan (KITTI-style raw uint32 ids, or nuScenes uint8 1..16)."""
   if dataset == "nuscenes":
-    return export.write_nuscenes_labels(out_dir, split, str(scan.ref.scan_id), labels,
+    return submission.write_nuscenes_labels(out_dir, split, str(scan.ref.scan_id), labels,
                                         len(scan.points), info.num_classes)
-  raw = export.to_raw_labels(info.learning_map_inv, labels)
-  return export.write_kitti_labels(out_dir, scan.ref.sequence, scan.ref.frame, raw,
+  raw = submission.to_raw_labels(info.learning_map_inv, labels)
+  return submission.write_kitti_labels(out_dir, scan.ref.sequence, scan.ref.frame, raw,
                                    len(scan.points))
 
 
@@ -279,7 +259,7 @@ def predict_scans(refs: Sequence[Any], dataset: str, predictor: PredictorLike, o
       _log_progress(log, index, len(batches), min((index + 1) * batch_size, len(refs)),
                     len(refs), start)
   if dataset == "nuscenes":
-    files.append(export.write_nuscenes_submission_json(out_dir, split))
+    files.append(submission.write_nuscenes_submission_json(out_dir, split))
   seconds = time.time() - start
   summary = {"num_scans": len(refs), "num_points": num_points, "seconds": seconds,
              "scans_per_second": len(refs) / seconds, "model_seconds": model_seconds,
@@ -295,22 +275,24 @@ def _log_progress(log, index: int, num_batches: int, done: int, total: int, star
     log(f"predicted {done}/{total} scans, {done / max(time.time() - start, 1e-9):.2f} scans/s")
 
 
-def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m coarse3d_jax.predict",
-                                   description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", required=True, help="training workdir with checkpoints")
-  parser.add_argument("--raw-dir", required=True, help="raw dataset root")
-  parser.add_argument("--out-dir", required=True, help="where prediction files go")
-  parser.add_argument("--split", default="val", help="split to predict (val, test, ...)")
-  parser.add_argument("--sequences", default=None, help="comma-separated, overrides the split")
-  parser.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
-  parser.add_argument("--knn", action="store_true", help="RangeNet++ KNN post-processing")
-  parser.add_argument("--zip", action="store_true",
-                      help="pack OUT/submission.zip (SemanticKITTI test split) and validate it")
-  parser.add_argument("--batch-size", type=int, default=1)
-  parser.add_argument("--pictures", type=int, default=0, help="PNG panels of the first N scans")
-  parser.add_argument("--ply", type=int, default=0, help="colored .ply of the first N scans")
-  return parser.parse_args(argv)
+def define_flags(fv: flags.FlagValues, argv) -> None:
+  del argv
+  flags.DEFINE_string("workdir", None, "Training workdir with checkpoints.", flag_values=fv)
+  flags.DEFINE_string("raw_dir", None, "Raw dataset root.", flag_values=fv)
+  flags.DEFINE_string("out_dir", None, "Where the prediction files go.", flag_values=fv)
+  flags.DEFINE_string("split", "val", "Split to predict (val, test, ...).", flag_values=fv)
+  flags.DEFINE_list("sequences", None, "Comma-separated sequences; overrides --split.",
+                    flag_values=fv)
+  flags.DEFINE_string("checkpoint", "latest", "latest, best or a step number.", flag_values=fv)
+  flags.DEFINE_bool("knn", False, "RangeNet++ KNN post-processing.", flag_values=fv)
+  flags.DEFINE_bool("zip", False, "Pack OUT/submission.zip (SemanticKITTI test split) and "
+                    "validate it.", flag_values=fv)
+  flags.DEFINE_integer("batch_size", 1, "Scans per model call.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("pictures", 0, "PNG panels of the first N scans.", lower_bound=0,
+                       flag_values=fv)
+  flags.DEFINE_integer("ply", 0, "Colored .ply of the first N scans.", lower_bound=0,
+                       flag_values=fv)
+  flags.mark_flags_as_required(["workdir", "raw_dir", "out_dir"], flag_values=fv)
 
 
 def _load_predictor(workdir: str, checkpoint: str | int) -> PredictorLike:
@@ -318,7 +300,7 @@ def _load_predictor(workdir: str, checkpoint: str | int) -> PredictorLike:
   return inference.load_predictor(workdir, checkpoint)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: flags.FlagValues) -> dict[str, Any]:
   """The CLI body (raises the project's error classes on bad input)."""
   checkpoint = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
   if args.zip and args.split != "test":
@@ -327,28 +309,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   dataset = predictor.info.name
   if args.zip and dataset != "semantickitti":
     raise PredictError(f"--zip is for SemanticKITTI test submissions, this model is {dataset}")
-  sequences = args.sequences.split(",") if args.sequences else None
+  sequences = args.sequences or None
   refs = readers.list_scans(dataset, args.raw_dir, None if sequences else args.split, sequences)
   summary = predict_scans(refs, dataset, predictor, args.out_dir, batch_size=args.batch_size,
                           knn=args.knn, split=args.split, pictures=args.pictures, ply=args.ply)
   if args.zip:
-    bundle = export.zip_kitti_submission(args.out_dir,
+    bundle = submission.zip_kitti_submission(args.out_dir,
                                          pathlib.Path(args.out_dir) / "submission.zip")
-    export.validate_kitti_submission(bundle, args.raw_dir)
+    submission.validate_kitti_submission(bundle, args.raw_dir)
     print(f"{bundle}: passes the semantic-kitti-api validate_submission checks")
   return summary
 
 
+def _errors() -> tuple[type[BaseException], ...]:
+  from coarse3d_jax import checkpoints  # pylint: disable=g-import-not-at-top  # Heavy; CLI only.
+  return (PredictError, submission.ExportError, submission.SubmissionError,
+          data_errors.DataError, checkpoints.CheckpointError)
+
+
+def program() -> startup.Program:
+  return startup.Program("coarse3d_jax.predict", __doc__, define_flags, run, _errors(),
+                         multi_process=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  args = _parse_args(sys.argv[1:] if argv is None else argv)
-  from coarse3d_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  try:
-    run(args)
-  except (PredictError, export.ExportError, export.SubmissionError, data_errors.DataError,
-          checkpoints.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+  """Runs the CLI on argv (without the program name; default sys.argv[1:])."""
+  argv = sys.argv[1:] if argv is None else argv
+  return startup.run(program(), ["predict", *argv])
 
 
 if __name__ == "__main__":

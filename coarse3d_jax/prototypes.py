@@ -18,16 +18,9 @@ model's compute dtype. The max-shifted exponent keeps every entry in (0, 1]: no 
 import jax
 import jax.numpy as jnp
 
+from coarse3d_jax.models.layers import l2_normalize
+
 Array = jax.Array
-
-# F.normalize's floor on the norm: zero vectors stay zero instead of becoming NaN.
-_NORM_EPS = 1e-12
-
-
-def l2_normalize(x: Array, axis: int = -1) -> Array:
-  """x / max(||x||, 1e-12) along `axis`."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-  return x / jnp.maximum(norm, _NORM_EPS)
 
 
 def init_bank(rng: Array, num_classes: int, num_sub: int, dim: int) -> Array:

@@ -5,11 +5,13 @@ computed on labeled pixels gathered from all devices), so each device holds the 
 loss and `jax.grad` returns the gradient of the global-batch loss: no pmean of gradients, and
 N devices give the same update as one device on the same global batch.
 
+The steps close over the model, the optimizer, the frozen config (hyper-parameters) and the
+derived settings of the run (`settings.DerivedSettings`: geometry, normalization, caps, ...).
+
 Randomness is drawn per scan from (rng, step, global scan index), never per device, so the
 augmentation, pseudo-labels and anchors do not depend on how the batch is split. Dropout is the
 exception (Flax draws one mask per device batch).
 """
-import dataclasses
 from typing import Any, Callable
 
 import flax
@@ -18,11 +20,13 @@ import jax.numpy as jnp
 import optax
 
 from coarse3d_jax import augment
-from coarse3d_jax import evaluation
 from coarse3d_jax import losses
+from coarse3d_jax import metrics
 from coarse3d_jax import prototypes
 from coarse3d_jax import sampling
-from coarse3d_jax.models import heads
+from coarse3d_jax import settings as settings_lib
+from coarse3d_jax.models import network
+from coarse3d_jax.models import projection_head
 
 Array = jax.Array
 AXIS = "data"
@@ -37,35 +41,6 @@ class TrainState:
   opt_state: Any
   bank: Array  # (C, M, D) unit-norm class sub-prototypes; no gradient.
   rng: Array
-
-
-@dataclasses.dataclass(frozen=True)
-class StepSettings:
-  """Static facts the steps close over (hashable, not traced)."""
-  num_classes: int
-  geometry: tuple[tuple[str, Any], ...]  # height, width, fov_*: for re-projection.
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  focal_alpha: tuple[float, ...]
-  focal_gamma: float
-  lovasz_weight: float
-  aux_weight: float
-  max_labeled_pixels: int
-  crop_width: int
-  augment_mode: str
-  augment: Any  # The frozen config.augment.
-  steps_per_epoch: int
-  num_epochs: int
-  contrast_enabled: bool
-  contrast_weight: float
-  contrast_warmup_steps: int
-  temperature: float
-  num_anchors: int
-  momentum: float
-  sinkhorn_iters: int
-  sinkhorn_epsilon: float
-  loss_variant: str
-  pseudo_labels: bool
 
 
 def create_train_state(rng: Array, model, tx: optax.GradientTransformation,
@@ -97,26 +72,31 @@ def per_scan_keys(rng: Array, step: Array, local_batch: int, num_streams: int) -
   return jnp.swapaxes(keys, 0, 1)
 
 
-def prepare_train_inputs(batch: dict[str, Array], keys: Array, s: StepSettings):
-  """Augmented, cropped (B, H, W', 5) raw features and (B, H, W') int32 label / weak label."""
+def prepare_train_inputs(batch: dict[str, Array], keys: Array, aug: Any, geometry: dict,
+                         crop_width: int):
+  """Augmented, cropped (B, H, W', 5) raw features and (B, H, W') int32 label / weak label.
+
+  Args:
+    batch: the device's batch; keys: (2, B) augmentation and crop keys; aug: config.augment;
+    geometry: height, width, fov_* of the range image; crop_width: W' (0 = full width).
+  """
   k_aug, k_crop = keys
-  if s.augment_mode == "points":
+  if aug.mode == "points":
     n = batch["points"].shape[1]
     valid = jnp.arange(n)[None, :] < batch["num_points"][:, None]
-    points = jax.vmap(lambda k, p: augment.augment_points(k, p, s.augment))(
-        k_aug, batch["points"])
+    points = jax.vmap(lambda k, p: augment.augment_points(k, p, aug))(k_aug, batch["points"])
     image, (label, weak) = augment.reproject(
-        points, valid, (batch["point_label"], batch["point_weak_label"]), dict(s.geometry))
+        points, valid, (batch["point_label"], batch["point_weak_label"]), geometry)
   else:
     image = batch["range_image"]
     label, weak = (batch["label"].astype(jnp.int32), batch["weak_label"].astype(jnp.int32))
-    if s.augment_mode == "range":
+    if aug.mode == "range":
       image, (label, weak) = jax.vmap(
-          lambda k, im, l, w: augment.augment_range(k, im, (l, w), s.augment))(
+          lambda k, im, l, w: augment.augment_range(k, im, (l, w), aug))(
               k_aug, image, label, weak)
-  if s.crop_width and s.crop_width < image.shape[2]:
+  if crop_width and crop_width < image.shape[2]:
     image, label, weak = jax.vmap(
-        lambda k, a, b, c: augment.random_crop_columns(k, (a, b, c), s.crop_width))(
+        lambda k, a, b, c: augment.random_crop_columns(k, (a, b, c), crop_width))(
             k_crop, image, label, weak)
   return image, label, weak
 
@@ -149,25 +129,26 @@ def _gather_global(x: Array) -> Array:
   return x.reshape((-1,) + x.shape[2:])
 
 
-def supervised_loss(logits: Array, weak: Array, idx: Array, valid: Array,
-                    s: StepSettings) -> tuple[Array, dict[str, Array]]:
+def supervised_loss(logits: Array, weak: Array, idx: Array, valid: Array, loss_config,
+                    focal_alpha: tuple[float, ...]) -> tuple[Array, dict[str, Array]]:
   """Focal + Lovasz-softmax on the weakly labeled pixels of the global batch.
 
   Args:
-    logits: (B, H, W, C) float32; weak: (B, H, W) int32; idx, valid: (B, K).
+    logits: (B, H, W, C) float32; weak: (B, H, W) int32; idx, valid: (B, K);
+    loss_config: config.loss; focal_alpha: (C,) class weights.
   """
   b, c = logits.shape[0], logits.shape[-1]
   probs = jax.nn.softmax(_take_rows(logits.reshape(b, -1, c), idx), axis=-1)
   labels = _take_rows(weak.reshape(b, -1), idx)
   probs, labels, valid = map(_gather_global, (probs, labels, valid))
-  alpha = jnp.asarray(s.focal_alpha, jnp.float32)
-  focal = losses.focal_loss(probs, labels, alpha, gamma=s.focal_gamma, mask=valid)
+  alpha = jnp.asarray(focal_alpha, jnp.float32)
+  focal = losses.focal_loss(probs, labels, alpha, gamma=loss_config.focal_gamma, mask=valid)
   lovasz = losses.lovasz_softmax(probs, labels, ignore=0, mask=valid)
   correct = (jnp.argmax(probs, -1) == labels) & valid
-  metrics = {"focal": focal, "lovasz": lovasz,
-             "labeled_accuracy": correct.sum() / jnp.maximum(valid.sum(), 1),
-             "num_labeled": valid.sum()}
-  return focal + s.lovasz_weight * lovasz, metrics
+  logged = {"focal": focal, "lovasz": lovasz,
+            "labeled_accuracy": correct.sum() / jnp.maximum(valid.sum(), 1),
+            "num_labeled": valid.sum()}
+  return focal + loss_config.lovasz_weight * lovasz, logged
 
 
 def _per_scan(fn: Callable, keys: Array, *arrays: Array):
@@ -181,47 +162,51 @@ EmbedFn = Callable[[Array], Array]  # (B, K) flat pixel indices -> (B, K, D) uni
 
 
 def contrast_loss(probs: Array, embed_at: EmbedFn, weak: Array, valid_pix: Array,
-                  keys: Array, bank: Array, epoch: Array, s: StepSettings) -> tuple[Array, Array]:
+                  keys: Array, bank: Array, epoch: Array, contrast,
+                  derived: settings_lib.DerivedSettings) -> tuple[Array, Array]:
   """Pseudo-labels, entropy-weighted anchors and the Pix2Proto loss (global mean).
 
   Args:
     probs: (B, P, C) stop-gradient probabilities; embed_at: the embedding at chosen pixels;
     weak: (B, P) int32; valid_pix: (B, P) bool; keys: (2, B) keys; bank: (C, M, D);
-    epoch: int scalar.
+    epoch: int scalar; contrast: config.contrast.
   Returns:
     (loss, number of valid anchors in the global batch).
   """
   k_pseudo, k_anchor = keys
   labels = weak
-  if s.pseudo_labels:
-    ratio = sampling.select_ratio(epoch, s.num_epochs)
+  if contrast.pseudo_labels:
+    ratio = sampling.select_ratio(epoch, derived.num_epochs)
     labels = _per_scan(lambda k, p, w, v: sampling.select_pseudo_labels(k, p, w, v, ratio),
                        k_pseudo, probs, weak, valid_pix)
   weights = sampling.anchor_weights(probs)
   idx, anchor_valid = _per_scan(
-      lambda k, l, w: sampling.sample_anchors(k, l, w, s.num_classes, s.num_anchors),
+      lambda k, l, w: sampling.sample_anchors(k, l, w, derived.num_classes,
+                                              contrast.num_anchors),
       k_anchor, labels, weights)
   b, c, k = idx.shape
   anchors = embed_at(idx.reshape(b, c * k)).reshape(b * c * k, -1)
   anchor_labels = jnp.broadcast_to(jnp.arange(1, c + 1)[None, :, None], idx.shape).reshape(-1)
   loss = losses.pix2proto_loss(anchors, anchor_labels, anchor_valid.reshape(-1), bank,
-                               temperature=s.temperature, variant=s.loss_variant,
+                               temperature=contrast.temperature,
+                               variant=contrast.loss_variant,
                                axis_name=AXIS)
   return loss, jax.lax.psum(anchor_valid.sum(), AXIS)
 
 
 def update_bank(bank: Array, embed_at: EmbedFn, weak: Array, idx: Array, valid: Array,
-                s: StepSettings) -> Array:
+                contrast, momentum: float) -> Array:
   """Momentum update of the bank from the (stop-gradient) embeddings of labeled pixels.
 
   Args:
-    bank: (C, M, D); weak: (B, P) int32; idx, valid: (B, K) labeled pixels (`gather_labeled`).
+    bank: (C, M, D); weak: (B, P) int32; idx, valid: (B, K) labeled pixels (`gather_labeled`);
+    contrast: config.contrast; momentum: the per-step momentum.
   """
   emb = jax.lax.stop_gradient(embed_at(idx))
   labels = _take_rows(weak, idx)
   new_bank, _ = prototypes.update_bank(
       bank, emb.reshape(-1, emb.shape[-1]), labels.reshape(-1), valid.reshape(-1),
-      momentum=s.momentum, num_iters=s.sinkhorn_iters, epsilon=s.sinkhorn_epsilon,
+      momentum=momentum, num_iters=contrast.sinkhorn_iters, epsilon=contrast.sinkhorn_epsilon,
       axis_name=AXIS)
   return new_bank
 
@@ -234,65 +219,76 @@ def embedding_fn(model, coarse: Array, norm: dict[str, Array],
   finishing it only there avoids resizing and normalizing (B, H, W, D) maps and their
   gradients.
   """
-  padded = heads.padded_size(*image_hw, model.stride)
-  return lambda pixels: heads.embedding_at(coarse, norm, pixels, padded, image_hw)
+  padded = network.padded_size(*image_hw, model.stride)
+  return lambda pixels: projection_head.embedding_at(coarse, norm, pixels, padded, image_hw)
 
 
-def _model_loss(params, state: TrainState, model, x: Array, valid_pix: Array, weak: Array,
-                lab: tuple, keys: Array, dropout_rng: Array, contrast_on: Array,
-                s: StepSettings):
-  """The total loss of the global batch and what the step needs from the forward pass."""
-  out, mutated = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
-                             train=True, coarse_embedding=s.contrast_enabled,
-                             rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-  loss, metrics = supervised_loss(out["logits"], weak, *lab, s)
-  for aux in out.get("aux_logits", ()):
-    aux_loss, _ = supervised_loss(aux, weak, *lab, s)
-    loss = loss + s.aux_weight * aux_loss
-  coarse = None
-  if s.contrast_enabled:
-    b, p = weak.shape[0], weak.shape[1] * weak.shape[2]
-    coarse = out["embedding_coarse"]
-    embed_at = embedding_fn(model, coarse, params["embed_norm"], weak.shape[1:3])
-    probs = jax.lax.stop_gradient(jax.nn.softmax(out["logits"], -1)).reshape(b, p, -1)
-    epoch = state.step // s.steps_per_epoch
-    args = (probs, weak.reshape(b, p), valid_pix.reshape(b, p), keys, state.bank, epoch)
-    contrast, n_anchors = jax.lax.cond(
-        contrast_on, lambda a: contrast_loss(a[0], embed_at, *a[1:], s),
-        lambda a: (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)), args)
-    loss = loss + s.contrast_weight * contrast
-    metrics.update(contrast=contrast, num_anchors=n_anchors)
-  metrics["loss"] = loss
-  return loss, (mutated["batch_stats"], coarse, metrics)
+def _contrast_term(out: dict[str, Array], params, state: TrainState, model, weak: Array,
+                   valid_pix: Array, keys: Array, contrast_on: Array, config,
+                   derived: settings_lib.DerivedSettings) -> tuple[Array, Array]:
+  """The Pix2Proto loss of the batch once the contrast warm-up is over (else 0, no anchors)."""
+  b, p = weak.shape[0], weak.shape[1] * weak.shape[2]
+  embed_at = embedding_fn(model, out["embedding_coarse"], params["embed_norm"], weak.shape[1:3])
+  probs = jax.lax.stop_gradient(jax.nn.softmax(out["logits"], -1)).reshape(b, p, -1)
+  epoch = state.step // derived.steps_per_epoch
+  args = (probs, weak.reshape(b, p), valid_pix.reshape(b, p), keys, state.bank, epoch)
+  return jax.lax.cond(
+      contrast_on, lambda a: contrast_loss(a[0], embed_at, *a[1:], config.contrast, derived),
+      lambda a: (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)), args)
 
 
-def train_step(state: TrainState, batch: dict[str, Array], *, model, tx, schedule,
-               s: StepSettings) -> tuple[TrainState, dict[str, Array]]:
-  """One optimization step on this device's share of the global batch (under shard_map)."""
+def train_step(state: TrainState, batch: dict[str, Array], *, model, tx, schedule, config,
+               derived: settings_lib.DerivedSettings) -> tuple[TrainState, dict[str, Array]]:
+  """One optimization step on this device's share of the global batch (under shard_map).
+
+  Args:
+    state: the replicated train state; batch: this device's scans; model, tx, schedule: the
+    network, optimizer and learning-rate schedule; config: the frozen run config; derived: the
+    run's derived settings.
+  """
   local_batch = next(iter(batch.values())).shape[0]
   k_aug, k_crop, k_lab, k_pseudo, k_anchor = per_scan_keys(state.rng, state.step, local_batch, 5)
-  image, _, weak = prepare_train_inputs(batch, (k_aug, k_crop), s)
-  x = augment.normalize(image, jnp.asarray(s.mean), jnp.asarray(s.std))
+  image, _, weak = prepare_train_inputs(batch, (k_aug, k_crop), config.augment,
+                                        derived.geometry_dict, config.train_crop_width)
+  x = augment.normalize(image, jnp.asarray(derived.mean), jnp.asarray(derived.std))
   b = weak.shape[0]
-  lab = gather_labeled(k_lab, weak.reshape(b, -1), s.max_labeled_pixels)
+  lab = gather_labeled(k_lab, weak.reshape(b, -1), derived.max_labeled_pixels)
   dropout_rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
                                    jax.lax.axis_index(AXIS) + (1 << 20))
-  contrast_on = state.step >= s.contrast_warmup_steps
-  grad_fn = jax.value_and_grad(_model_loss, has_aux=True)
-  (_, (batch_stats, coarse, metrics)), grads = grad_fn(
-      state.params, state, model, x, image[..., 0] > 0, weak, lab,
-      jnp.stack([k_pseudo, k_anchor]), dropout_rng, contrast_on, s)
+  contrast_on = state.step >= derived.contrast_warmup_steps
+  use_contrast = config.contrast.enabled
+
+  def loss_fn(params):
+    out, mutated = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
+                               train=True, coarse_embedding=use_contrast,
+                               rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+    loss, logged = supervised_loss(out["logits"], weak, *lab, config.loss, derived.focal_alpha)
+    for aux in out.get("aux_logits", ()):
+      aux_loss, _ = supervised_loss(aux, weak, *lab, config.loss, derived.focal_alpha)
+      loss = loss + config.loss.aux_weight * aux_loss
+    if use_contrast:
+      contrast, n_anchors = _contrast_term(out, params, state, model, weak, image[..., 0] > 0,
+                                           jnp.stack([k_pseudo, k_anchor]), contrast_on, config,
+                                           derived)
+      loss = loss + config.contrast.weight * contrast
+      logged.update(contrast=contrast, num_anchors=n_anchors)
+    logged["loss"] = loss
+    return loss, (mutated["batch_stats"], out.get("embedding_coarse"), logged)
+
+  (_, (batch_stats, coarse, logged)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   bank = state.bank
-  if s.contrast_enabled:
+  if use_contrast:
     embed_at = embedding_fn(model, coarse, state.params["embed_norm"], weak.shape[1:3])
     bank = jax.lax.cond(
-        contrast_on, lambda: update_bank(state.bank, embed_at, weak.reshape(b, -1), *lab, s),
+        contrast_on, lambda: update_bank(state.bank, embed_at, weak.reshape(b, -1), *lab,
+                                         config.contrast, derived.bank_momentum),
         lambda: state.bank)
-  metrics.update(grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
+  logged.update(grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             batch_stats=batch_stats, opt_state=opt_state, bank=bank)
-  return new_state, metrics
+  return new_state, logged
 
 
 def point_predictions(pred: Array, row: Array, col: Array) -> Array:
@@ -302,14 +298,16 @@ def point_predictions(pred: Array, row: Array, col: Array) -> Array:
 
 
 def eval_step(variables: dict[str, Any], batch: dict[str, Array], *, model,
-              s: StepSettings, knn: Callable | None = None) -> dict[str, Array]:
+              derived: settings_lib.DerivedSettings,
+              knn: Callable | None = None) -> dict[str, Array]:
   """Point and pixel confusion matrices of this device's scans, summed over all devices.
 
   Returns dict with 'points' and 'pixels' (C, C) int32 global confusion matrices, the global
   'num_scans' (padding excluded) and the local 'pred' (B, H, W) int32 pixel predictions (never
   the ignore class 0).
   """
-  x = augment.normalize(batch["range_image"], jnp.asarray(s.mean), jnp.asarray(s.std))
+  x = augment.normalize(batch["range_image"], jnp.asarray(derived.mean),
+                        jnp.asarray(derived.std))
   logits = model.apply(variables, x, train=False)["logits"]
   pred = jnp.argmax(logits[..., 1:], axis=-1).astype(jnp.int32) + 1
   n = batch["point_row"].shape[1]
@@ -319,11 +317,11 @@ def eval_step(variables: dict[str, Any], batch: dict[str, Array], *, model,
     point_pred = point_predictions(pred, batch["point_row"], batch["point_col"])
   else:
     point_pred = knn(batch, pred, point_valid)
-  c = s.num_classes
+  c = derived.num_classes
   label = batch["point_label"].astype(jnp.int32)
-  conf_points = evaluation.confusion_matrix(point_pred, label, c, mask=point_valid & (label > 0))
+  conf_points = metrics.confusion_matrix(point_pred, label, c, mask=point_valid & (label > 0))
   pixel_label = batch["label"].astype(jnp.int32)
-  conf_pixels = evaluation.confusion_matrix(
+  conf_pixels = metrics.confusion_matrix(
       pred, pixel_label, c, mask=(pixel_label > 0) & batch["example_valid"][:, None, None])
   num_scans = jnp.sum(batch["example_valid"].astype(jnp.int32))
   return {"points": jax.lax.psum(conf_points, AXIS), "pixels": jax.lax.psum(conf_pixels, AXIS),

@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from coarse3d_jax import export
+from coarse3d_jax import files
 
 SEPARATOR_RGB = (255, 255, 255)
 ERROR_RGB = (255, 0, 0)
@@ -103,7 +103,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def write_png(path, image: np.ndarray) -> pathlib.Path:
   """(H, W, 3) uint8 -> PNG at `path`, written atomically."""
-  return export.atomic_write(path, png_bytes(image))
+  return files.atomic_write(path, png_bytes(image))
 
 
 def ply_bytes(xyz: np.ndarray, rgb: np.ndarray, binary: bool = True) -> bytes:
@@ -133,4 +133,4 @@ def ply_bytes(xyz: np.ndarray, rgb: np.ndarray, binary: bool = True) -> bytes:
 
 def write_ply(path, xyz: np.ndarray, rgb: np.ndarray, binary: bool = True) -> pathlib.Path:
   """Writes a colored point cloud (see `ply_bytes`) atomically."""
-  return export.atomic_write(path, ply_bytes(xyz, rgb, binary))
+  return files.atomic_write(path, ply_bytes(xyz, rgb, binary))

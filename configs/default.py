@@ -11,7 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_dir = ""  # Output directory of `python -m data_prep`.
   config.train_split = "train"
   config.eval_split = "val"
-  # 'reference': the channel mean/std of the COARSE3D configs (DESIGN.md section 3), which
+  # 'reference': the channel mean/std of the COARSE3D reference configs, which
   # pretrained reference checkpoints expect; 'stats': the data_prep statistics of train.
   config.normalization = "reference"
   config.max_points = 150_000  # Static per-scan point budget (pad length); KITTI max ~130k.
@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   # batches are the same whatever the number of processes reading them.
   config.input_shards = 0
   # Per scan; static size of the labeled-pixel gather. 0 = auto: 4x the mean weakly labeled
-  # points of a training scan (train.labeled_pixel_cap).
+  # points of a training scan (settings.labeled_pixel_cap).
   config.max_labeled_pixels = 0
 
   config.model = ml_collections.ConfigDict()
@@ -66,7 +66,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.contrast.temperature = 0.07
   config.contrast.num_anchors = 512  # Per scan and class present.
   config.contrast.sub_prototypes = 20
-  config.contrast.momentum = 0.999
+  # The bank's time constant in epochs (the reference: momentum 0.999 per step at 1,195
+  # SemanticKITTI steps per epoch); the per-step momentum follows from the run's steps per
+  # epoch (settings.bank_momentum). momentum > 0 sets a raw per-step value instead.
+  config.contrast.momentum_epochs = 1000 / 1195
+  config.contrast.momentum = -1.0
   config.contrast.sinkhorn_iters = 3
   config.contrast.sinkhorn_epsilon = 0.05
   config.contrast.loss_variant = "seed"  # Or 'supcon' (the public reference's mean over positives).

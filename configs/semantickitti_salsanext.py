@@ -1,4 +1,4 @@
-"""SemanticKITTI, SalsaNext, 0.1% labels: the COARSE3D reference recipe (DESIGN.md section 4)."""
+"""SemanticKITTI, SalsaNext, 0.1% labels: the COARSE3D reference recipe."""
 from configs import default
 
 

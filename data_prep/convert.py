@@ -18,13 +18,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from coarse3d_jax import datasets
-from coarse3d_jax import export
-from coarse3d_jax import projection
-from data_prep import readers
-from data_prep import weak_labels
+from coarse3d_jax import files
+from coarse3d_jax.data import datasets
+from coarse3d_jax.data import pixels
+from coarse3d_jax.data import projection
+from coarse3d_jax.data import readers
+from coarse3d_jax.data import weak_labels
+from coarse3d_jax.data.errors import DataError
 from data_prep import writer
-from data_prep.errors import DataError
 
 STATE_DIR = ".data_prep"
 
@@ -49,37 +50,9 @@ class Shard:
 
 
 # ----------------------------------------------------------------------------- one scan
-def finite_points(points: np.ndarray) -> np.ndarray:
-  """(N,) bool: finite coordinates and not at the sensor origin (no direction to project)."""
-  finite = np.isfinite(np.ascontiguousarray(points, np.float32))
-  all_finite = finite.view(np.uint32).reshape(-1) == 0x01010101  # 4 True bytes per row.
-  x, y, z = points[:, 0], points[:, 1], points[:, 2]
-  return all_finite & ((x != 0) | (y != 0) | (z != 0))
-
-
-def scan_pixels(dataset: str, ref: readers.ScanRef, points: np.ndarray, keep: np.ndarray):
-  """Pixel of every kept point as data_prep stores it (predict should use the same).
-
-  Args:
-    points: (N, 4) the stored scan; keep: (N,) bool, the points to place (see `finite_points`).
-  Returns:
-    row, col (M,) int32 and depth (M,) float32 of the M kept points. SemanticPOSS scans with
-    .tag files take their pixels from the tags; all others are projected spherically.
-  """
-  info = datasets.get_info(dataset)
-  kept = points if keep.all() else points[keep]
-  tags = None
-  if dataset == "semanticposs":
-    tags = readers.read_tag_pixels(ref, len(points), info.height, info.width)
-  if tags is None:
-    return projection.project_np(kept[:, :3], **info.geometry)
-  depth = np.sqrt((kept[:, :3].astype(np.float64)**2).sum(axis=1)).astype(np.float32)
-  return tags[0][keep], tags[1][keep], depth
-
-
 def convert_scan(settings: Settings, ref: readers.ScanRef,
                  labeled: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-  """One scan -> (example of DESIGN.md section 3, additive statistics).
+  """One scan -> (TFRecord example, additive statistics).
 
   Points with non-finite coordinates or at the origin are dropped (and counted); all arrays
   of the example refer to the kept points, in file order.
@@ -91,8 +64,8 @@ def convert_scan(settings: Settings, ref: readers.ScanRef,
     label = datasets.map_labels(info, raw, source=str(ref.label_path))
   else:
     label = np.zeros(len(points), np.uint8)
-  keep = finite_points(points)
-  row, col, depth = scan_pixels(settings.dataset, ref, points, keep)
+  keep = pixels.projectable(points)
+  row, col, depth = pixels.scan_pixels(settings.dataset, ref, points, keep, info.geometry)
   dropped = len(points) - len(row)
   if dropped:
     points, label = points[keep], label[keep]
@@ -196,7 +169,7 @@ def prepare_out_dir(out_dir: pathlib.Path, config: dict[str, Any]) -> pathlib.Pa
       changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
       raise DataError(f"{out_dir}: holds a conversion with other settings or inputs "
                       f"({', '.join(changed)} differ); use another --out-dir or delete it")
-  export.atomic_write_json(config_path, config, indent=1)
+  files.atomic_write_json(config_path, config, indent=1)
   return state
 
 
@@ -297,7 +270,7 @@ def _write_shards(settings: Settings, out_dir: pathlib.Path, state: pathlib.Path
             print(f"warning: {ref.points_path}: dropped {scan_stats['num_nonfinite_dropped']} "
                   "points with NaN/inf coordinates or at the origin", file=log)
           progress.update()
-        export.atomic_write_json(_stats_path(state, shard), writer.stats_to_json(stats),
+        files.atomic_write_json(_stats_path(state, shard), writer.stats_to_json(stats),
                                  indent=1)
         shard_writer.commit()
       except BaseException:
@@ -331,7 +304,7 @@ def _finish(settings: Settings, out_dir: pathlib.Path, state: pathlib.Path,
       description=f"{settings.dataset} range images from python -m data_prep, label ratio "
                   f"{settings.label_ratio} ({settings.protocol} protocol, voxel "
                   f"{settings.voxel_size} m, seed {settings.seed})")
-  export.atomic_write_json(out_dir / writer.STATS_FILE, stats, indent=1)
+  files.atomic_write_json(out_dir / writer.STATS_FILE, stats, indent=1)
   return stats
 
 

@@ -24,7 +24,7 @@ import pathlib
 
 import numpy as np
 
-from coarse3d_jax import export
+from coarse3d_jax import files
 from data_prep import synthetic_geometry as geo
 
 SENSOR_HEIGHT = 1.73
@@ -345,9 +345,9 @@ def write_scan(raw_dir: pathlib.Path, seed: int, sequence: str, frame: int) -> p
                         _rng(seed, int(sequence), frame + 1))
   seq_dir = pathlib.Path(raw_dir) / "sequences" / sequence
   name = f"{frame:06d}"
-  export.atomic_write(seq_dir / "labels" / f"{name}.label", labels.tobytes())
+  files.atomic_write(seq_dir / "labels" / f"{name}.label", labels.tobytes())
   # The scan file last: its presence marks a finished scan for a resumed generation.
-  export.atomic_write(seq_dir / "velodyne" / f"{name}.bin", points.tobytes())
+  files.atomic_write(seq_dir / "velodyne" / f"{name}.bin", points.tobytes())
   return seq_dir / "velodyne" / f"{name}.bin"
 
 

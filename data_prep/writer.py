@@ -100,7 +100,7 @@ def temp_path(final: pathlib.Path) -> pathlib.Path:
 
 
 def is_temp(path: pathlib.Path) -> bool:
-  """A shard's (`temp_path`) or a file's (`export.atomic_path`) unfinished temporary."""
+  """A shard's (`temp_path`) or a file's (`files.atomic_path`) unfinished temporary."""
   return ".tmp-" in path.name or (path.name.startswith(".") and path.name.endswith(".tmp"))
 
 

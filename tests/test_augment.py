@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from coarse3d_jax import augment
-from coarse3d_jax import datasets
+from coarse3d_jax.data import datasets
 from tests import tiny_data
 
 H, W = tiny_data.HEIGHT, tiny_data.WIDTH

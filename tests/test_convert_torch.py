@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from coarse3d_jax.models import convert_torch
-from coarse3d_jax.models import heads
+from coarse3d_jax.models import layers
 from coarse3d_jax.models import rangenet
 from coarse3d_jax.models import squeezeseg
 
@@ -343,8 +343,8 @@ def test_conv_mapping_matches_torch_semantics(kernel, stride, dilation, padding)
   x = rng.normal(size=(2, 3, 6, 10))
   w, b = rng.normal(size=(4, 3) + kernel), rng.normal(size=4)
   want = _torch_conv2d(x, w, b, stride, (padding, padding), dilation)
-  layer = heads.conv(4, kernel, stride=stride, dilation=dilation, padding=padding,
-                     dtype=jnp.float32)
+  layer = layers.conv(4, kernel, stride=stride, dilation=dilation, padding=padding,
+                      dtype=jnp.float32)
   got = layer.apply({"params": {"kernel": convert_torch.conv_kernel(w), "bias": b}}, _nhwc(x))
   np.testing.assert_allclose(np.transpose(got, (0, 3, 1, 2)), want, rtol=1e-5, atol=1e-5)
 
@@ -410,7 +410,7 @@ def test_batch_norm_eval_matches_torch_semantics():
       rng.uniform(0.5, 2.0, size=4)
   want = (x - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-5) * gamma[:, None, None] \
       + beta[:, None, None]
-  layer = heads.batch_norm(False)
+  layer = layers.batch_norm(False)
   got = layer.apply({"params": {"scale": gamma, "bias": beta},
                      "batch_stats": {"mean": mean, "var": var}}, _nhwc(x))
   np.testing.assert_allclose(np.transpose(got, (0, 3, 1, 2)), want, rtol=1e-5, atol=1e-5)
@@ -451,8 +451,8 @@ def test_torch_conv_bn_and_upconv_match_flax(tmp_path):
   class Tiny(nn.Module):
     @nn.compact
     def __call__(self, x):
-      y = heads.conv(8, 3, stride=(1, 2), use_bias=False, dtype=jnp.float32, name="conv")(x)
-      y = heads.batch_norm(False, momentum=0.01, name="bn")(y)
+      y = layers.conv(8, 3, stride=(1, 2), use_bias=False, dtype=jnp.float32, name="conv")(x)
+      y = layers.batch_norm(False, momentum=0.01, name="bn")(y)
       return rangenet.upconv(4, jnp.float32, "up")(y)
 
   variables = {

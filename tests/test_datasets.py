@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from coarse3d_jax import datasets
-from data_prep import errors
+from coarse3d_jax.data import datasets
+from coarse3d_jax.data import errors
 
 NUM_CLASSES = {"semantickitti": 20, "semanticposs": 14, "nuscenes": 17, "synthetic": 20}
 

@@ -41,7 +41,7 @@ def _free_port() -> int:
 # let rounding flip a sampled pixel, which no tolerance can absorb. Even in two, some seeds flip
 # one at the first contrastive step (the contrast loss then differs by ~6e-3 at step 4 and the
 # projection head's BN bias by ~5% of its scale): seed 1 with both the earlier and the current
-# `heads.conv_kernel_gradient`, seed 0 with the current one (its summation order differs);
+# `cpu_gradients.conv_kernel_gradient`, seed 0 with the current one (its summation order differs);
 # seeds 2 and 3 stay rounding with both.
 _OVERRIDES = {"model.name": "rangenet21", "optimizer.eps": 1e-3, "num_train_steps": 4,
               "checkpoint_every_steps": 2, "eval_every_steps": 4, "contrast.warmup_steps": 2,

@@ -16,17 +16,17 @@ import json
 import types
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
-from coarse3d_jax import datasets
 from coarse3d_jax import evaluate
-from coarse3d_jax import export
 from coarse3d_jax import knn as knn_lib
 from coarse3d_jax import predict
-from coarse3d_jax import projection
+from coarse3d_jax import submission
 from coarse3d_jax import visualize
-from data_prep import readers
+from coarse3d_jax.data import datasets
+from coarse3d_jax.data import projection
+from coarse3d_jax.data import readers
 
 H, W = 16, 64
 
@@ -152,7 +152,7 @@ def test_round_trip_gives_miou_one(tmp_path, info, val_tree):
   assert summary["num_scans"] == 3
   for ref in refs:
     n = len(readers.read_points("semantickitti", ref))
-    pred = np.fromfile(export.kitti_prediction_path(tmp_path, ref.sequence, ref.frame), "<u4")
+    pred = np.fromfile(submission.kitti_prediction_path(tmp_path, ref.sequence, ref.frame), "<u4")
     assert pred.shape == (n,)  # One label per stored point, the NaN point included.
     assert set(np.unique(pred)) <= set(info.learning_map_inv.tolist())
   results = evaluate.evaluate_predictions("semantickitti", val_tree, tmp_path, "val")
@@ -176,7 +176,7 @@ def test_lost_pixels_take_the_winner_class_and_knn_batches(tmp_path, info):
   out = tmp_path / "out"
   predict.predict_scans(refs, "semantickitti", fake, out, batch_size=2, log=lambda s: None)
   for ref, (want, _, learning) in zip(refs, expected):
-    got = np.fromfile(export.kitti_prediction_path(out, ref.sequence, ref.frame), "<u4")
+    got = np.fromfile(submission.kitti_prediction_path(out, ref.sequence, ref.frame), "<u4")
     np.testing.assert_array_equal(got, info.learning_map_inv[want])
     assert (want != learning).any()  # Some points really lost their pixel.
   knn_out = tmp_path / "knn"
@@ -187,7 +187,7 @@ def test_lost_pixels_take_the_winner_class_and_knn_batches(tmp_path, info):
     want = knn_lib.knn_labels(image[None, ..., 0], pixel[None], depth[None], row[None],
                               col[None], np.ones((1, len(depth)), bool),
                               num_classes=info.num_classes)
-    got = np.fromfile(export.kitti_prediction_path(knn_out, ref.sequence, ref.frame), "<u4")
+    got = np.fromfile(submission.kitti_prediction_path(knn_out, ref.sequence, ref.frame), "<u4")
     np.testing.assert_array_equal(got, info.learning_map_inv[np.asarray(want)[0]])
 
 
@@ -201,7 +201,7 @@ def test_evaluate_imperfect_predictions_against_numpy(tmp_path, info, val_tree):
     n = len(readers.read_points("semantickitti", ref))
     pred = rng.choice(raw_ids, n).astype(np.uint32) | (rng.integers(0, 50, n, np.uint32) << 16)
     pred[:5] = [2, 3, 300, 65535, 7]  # Not in the learning map: class 0, a miss.
-    export.write_kitti_labels(tmp_path, ref.sequence, ref.frame, pred, n)
+    submission.write_kitti_labels(tmp_path, ref.sequence, ref.frame, pred, n)
     gt = np.fromfile(ref.label_path, "<u4") & 0xFFFF
     truth.append(np.array([info.learning_map[g] for g in gt]))
     guess.append(np.array([info.learning_map[p] if p < len(info.learning_map) else 0
@@ -229,7 +229,7 @@ def test_truncated_scan_in_predict_is_one_clear_error(tmp_path, info, capsys, mo
   monkeypatch.setattr(predict, "_load_predictor",
                       lambda workdir, checkpoint: PixelRulePredictor(info))
   out = tmp_path / "out"
-  argv = ["--workdir", str(tmp_path / "w"), "--raw-dir", str(tmp_path / "raw"), "--out-dir",
+  argv = ["--workdir", str(tmp_path / "w"), "--raw_dir", str(tmp_path / "raw"), "--out_dir",
           str(out), "--split", "val"]
   assert predict.main(argv) == 1
   err = capsys.readouterr().err.strip().splitlines()
@@ -242,9 +242,9 @@ def test_evaluate_names_missing_and_short_files(tmp_path, info, val_tree, capsys
   refs = readers.list_scans("semantickitti", val_tree, "val")
   predict.predict_scans(refs, "semantickitti", PixelRulePredictor(info), tmp_path,
                         log=lambda s: None)
-  victim = export.kitti_prediction_path(tmp_path, "08", "000001")
+  victim = submission.kitti_prediction_path(tmp_path, "08", "000001")
   victim.write_bytes(victim.read_bytes()[:-4])
-  argv = ["--dataset", "semantickitti", "--raw-dir", str(val_tree), "--pred-dir", str(tmp_path)]
+  argv = ["--dataset", "semantickitti", "--raw_dir", str(val_tree), "--pred_dir", str(tmp_path)]
   assert evaluate.main(argv) == 1
   assert f"{victim}: " in capsys.readouterr().err
   victim.unlink()
@@ -257,7 +257,7 @@ def test_evaluate_cli_json_and_pictures(tmp_path, info, val_tree, capsys):
   refs = readers.list_scans("semantickitti", val_tree, "val")
   predict.predict_scans(refs, "semantickitti", PixelRulePredictor(info), tmp_path,
                         pictures=1, ply=1, log=lambda s: None)
-  assert evaluate.main(["--dataset", "semantickitti", "--raw-dir", str(val_tree), "--pred-dir",
+  assert evaluate.main(["--dataset", "semantickitti", "--raw_dir", str(val_tree), "--pred_dir",
                         str(tmp_path), "--json", str(tmp_path / "r.json")]) == 0
   assert "mIoU" in capsys.readouterr().out
   assert (tmp_path / "r.json").read_text().count('"miou": 1.0') == 1
@@ -343,21 +343,21 @@ def test_bad_scans_fail_clearly_and_leave_no_partial_files(tmp_path, info):
 def test_kitti_test_split_zip_passes_validation(tmp_path, info, monkeypatch):
   rng = np.random.default_rng(3)
   scans = {s: [(random_scan(info, rng, n=int(rng.integers(20, 60)))[0], None)]
-           for s in export.KITTI_TEST_SEQUENCES}
+           for s in submission.KITTI_TEST_SEQUENCES}
   write_tree(tmp_path / "raw", scans)
   kitti_info = dataclasses.replace(info, name="semantickitti")
   monkeypatch.setattr(predict, "_load_predictor", lambda workdir, checkpoint: PixelRulePredictor(
       kitti_info))
   out = tmp_path / "out"
-  argv = ["--workdir", str(tmp_path / "w"), "--raw-dir", str(tmp_path / "raw"), "--out-dir",
-          str(out), "--split", "test", "--zip", "--batch-size", "4"]
+  argv = ["--workdir", str(tmp_path / "w"), "--raw_dir", str(tmp_path / "raw"), "--out_dir",
+          str(out), "--split", "test", "--zip", "--batch_size", "4"]
   assert predict.main(argv) == 0
-  export.validate_kitti_submission(out / "submission.zip", tmp_path / "raw")
+  submission.validate_kitti_submission(out / "submission.zip", tmp_path / "raw")
   assert len(list(out.glob("sequences/*/predictions/*.label"))) == 11
 
 
 def test_missing_checkpoint_is_one_clear_error(tmp_path, capsys):
-  argv = ["--workdir", str(tmp_path / "nowhere"), "--raw-dir", str(tmp_path), "--out-dir",
+  argv = ["--workdir", str(tmp_path / "nowhere"), "--raw_dir", str(tmp_path), "--out_dir",
           str(tmp_path / "out")]
   assert predict.main(argv) == 1
   err = capsys.readouterr().err.strip().splitlines()
@@ -400,7 +400,7 @@ def test_nuscenes_layout_and_round_trip(tmp_path):
   predict.predict_scans(refs, "nuscenes", PixelRulePredictor(info), out, split="val",
                         log=lambda s: None)
   sizes = {ref.scan_id: len(points) for ref, (points, _) in zip(refs, scans)}
-  export.validate_nuscenes_submission(out, "val", sizes)
+  submission.validate_nuscenes_submission(out, "val", sizes)
   files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
   assert files == sorted([f"lidarseg/val/{t}_lidarseg.bin" for t in sizes] +
                          ["val/submission.json"])
@@ -432,7 +432,7 @@ def test_real_sample_counts_and_knn_recovers_lost_pixels(tmp_path, sample_dir):
     out = tmp_path / f"knn{knn}"
     predict.predict_scans(refs, "semantickitti", oracle, out, knn=knn, log=lambda s: None)
     for ref in refs:
-      path = export.kitti_prediction_path(out, ref.sequence, ref.frame)
+      path = submission.kitti_prediction_path(out, ref.sequence, ref.frame)
       assert path.stat().st_size == ref.points_path.stat().st_size // 4  # 16 B in, 4 B out.
     results = evaluate.evaluate_predictions("semantickitti", sample_dir, out, sequences=["00"])
     accuracy[knn] = results["accuracy"]

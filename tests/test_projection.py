@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from coarse3d_jax import projection
+from coarse3d_jax.data import projection
 
 KITTI = dict(height=64, width=2048, fov_up=3.0, fov_down=-25.0, fov_left=-180.0, fov_right=180.0)
 SMALL = dict(KITTI, height=16, width=64)

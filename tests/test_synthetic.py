@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from coarse3d_jax import datasets
-from coarse3d_jax import projection
+from coarse3d_jax.data import datasets
+from coarse3d_jax.data import projection
 from data_prep import synthetic
 from data_prep import synthetic_geometry as geo
 

@@ -7,16 +7,20 @@ import sys
 
 from absl import flags
 import jax
+from ml_collections import config_flags
 import numpy as np
 import pytest
-from ml_collections import config_flags
 
 from coarse3d_jax import checkpoints
 from coarse3d_jax import inference
 from coarse3d_jax import input_pipeline
 from coarse3d_jax import predict
+from coarse3d_jax import programs
+from coarse3d_jax import reporting
+from coarse3d_jax import settings
 from coarse3d_jax import train
 from coarse3d_jax import train_step as ts
+from coarse3d_jax.data import datasets
 from tests import tiny_data
 from tests.tiny_data import tiny_config
 
@@ -74,7 +78,7 @@ def test_tiny_run_learns_and_writes_results(full_run):
   with open(os.path.join(workdir, "results.json")) as f:
     saved = json.load(f)
   assert saved["step"] == 12 and saved["split"] == "val"
-  info = train.datasets.get_info("synthetic")
+  info = datasets.get_info("synthetic")
   assert set(saved["per_class_iou"]) == {n for n, i in zip(info.class_names, info.ignore) if not i}
   assert saved["miou"] == pytest.approx(results["miou"])
   assert 0.0 <= saved["pixel_miou"] <= 1.0
@@ -184,10 +188,10 @@ def test_data_parallel_step_equals_single_device(data_dir, model_name, grad_rel)
   outputs = []
   for devices in (jax.devices()[:1], jax.devices()[:4]):
     setup.mesh = jax.sharding.Mesh(np.asarray(devices), (ts.AXIS,))
-    warm = setup.settings.contrast_warmup_steps  # Start with the contrastive part on.
+    warm = setup.derived.contrast_warmup_steps  # Start with the contrastive part on.
     state = train.initial_state(setup)
     state = state.replace(step=jax.device_put(jax.numpy.int32(warm), state.step.sharding))
-    state, metrics = train.compile_train_step(setup)(state, train.to_global(batch, setup.mesh))
+    state, metrics = train.compile_train_step(setup)(state, programs.to_global(batch, setup.mesh))
     outputs.append(jax.device_get((state, metrics)))
   (one, m1), (four, m4) = outputs
   assert float(m1["num_anchors"]) > 0 and float(m1["contrast"]) > 0
@@ -209,7 +213,7 @@ def test_no_contrast_and_no_bank_update_during_the_warm_up(data_dir):
                                              setup.steps_per_epoch))
   state = train.initial_state(setup)
   bank = np.asarray(state.bank)
-  state, metrics = train.compile_train_step(setup)(state, train.to_global(batch, setup.mesh))
+  state, metrics = train.compile_train_step(setup)(state, programs.to_global(batch, setup.mesh))
   assert float(metrics["contrast"]) == 0 and int(metrics["num_anchors"]) == 0
   np.testing.assert_array_equal(np.asarray(state.bank), bank)
   np.testing.assert_allclose(metrics["loss"], metrics["focal"] + metrics["lovasz"], rtol=1e-6)
@@ -345,19 +349,19 @@ def test_nonfinite_loss_stops_with_step_and_checkpoint():
       self.last = (step, scalars)
 
   writer = Writer()
-  progress = train.Progress(0, 10, 4)
+  progress = reporting.Progress(0, 10, 4)
   pending = [{"loss": np.float32(1.0)}, {"loss": np.float32(0.5)}]
-  train.flush_metrics(pending, 2, writer, progress, last_saved=None)
+  reporting.flush_metrics(pending, 2, writer, progress, last_saved=None)
   assert writer.last[1]["train/loss"] == pytest.approx(0.75) and not pending
   pending = [{"loss": np.float32(1.0)}, {"loss": np.float32(np.nan)}, {"loss": np.float32(2)}]
   with pytest.raises(train.TrainingError, match=r"nan at step 4.*step 2\) is kept"):
-    train.flush_metrics(pending, 5, writer, progress, last_saved=2)
+    reporting.flush_metrics(pending, 5, writer, progress, last_saved=2)
 
 
 def test_progress_rate_leaves_out_paused_time(monkeypatch):
   clock = [100.0]
   monkeypatch.setattr(train.time, "time", lambda: clock[0])
-  progress = train.Progress(0, 100, 4)
+  progress = reporting.Progress(0, 100, 4)
   clock[0] += 10.0  # 5 steps of 4 scans: 2 scans/s.
   with progress.paused():
     clock[0] += 30.0  # An evaluation.
@@ -396,10 +400,10 @@ def test_labeled_pixel_cap_auto_and_explicit():
   stats = lambda weak: {"height": 64, "width": 2048, "splits": {config.train_split: {
       "num_scans": 10, "num_weak_points": weak}}}
   config.max_labeled_pixels = 0
-  assert train.labeled_pixel_cap(config, stats(1_000)) == 256  # 25 per crop -> 100 -> 256.
-  assert train.labeled_pixel_cap(config, stats(40_000)) == 4096  # 1000 per crop -> 4000.
-  assert train.labeled_pixel_cap(config, stats(64 * 2048 * 10)) == 64 * 512  # Full labels.
+  assert settings.labeled_pixel_cap(config, stats(1_000)) == 256  # 25 per crop -> 100 -> 256.
+  assert settings.labeled_pixel_cap(config, stats(40_000)) == 4096  # 1000 per crop -> 4000.
+  assert settings.labeled_pixel_cap(config, stats(64 * 2048 * 10)) == 64 * 512  # Full labels.
   config.train_crop_width = 0
-  assert train.labeled_pixel_cap(config, stats(40_000)) == 16_128  # 4000 per scan -> 16000.
+  assert settings.labeled_pixel_cap(config, stats(40_000)) == 16_128  # 4000 per scan -> 16000.
   config.max_labeled_pixels = 300
-  assert train.labeled_pixel_cap(config, stats(64 * 2048 * 10)) == 300
+  assert settings.labeled_pixel_cap(config, stats(64 * 2048 * 10)) == 300

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from coarse3d_jax import datasets
-from data_prep import weak_labels
+from coarse3d_jax.data import datasets
+from coarse3d_jax.data import weak_labels
 
 
 def test_num_to_label_rounds_half_to_even_with_a_minimum_of_one():
@@ -116,7 +116,7 @@ def test_draw_is_a_pure_function_of_seed_dataset_and_scan_id():
 
 
 def test_scan_rng_does_not_depend_on_python_hash_randomization():
-  code = ("from data_prep import weak_labels;"
+  code = ("from coarse3d_jax.data import weak_labels;"
           "print(weak_labels.scan_rng(7, 'nuscenes', 'abc').integers(1 << 62))")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   outputs = {subprocess.run([sys.executable, "-c", code], cwd=root, check=True, text=True,

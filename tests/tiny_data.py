@@ -12,9 +12,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from coarse3d_jax.data import datasets
+from coarse3d_jax.data import projection
 from configs import demo
-from coarse3d_jax import datasets
-from coarse3d_jax import projection
 
 HEIGHT, WIDTH = 16, 64
 CLASSES = (1, 9, 11, 15)  # car, road, sidewalk, vegetation in SemanticKITTI learning ids.

@@ -9,12 +9,15 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from coarse3d_jax.models import heads
+from coarse3d_jax.models import network
 from coarse3d_jax.models.rangenet import RangeNet21
 from coarse3d_jax.models.salsanext import SalsaNext
 from coarse3d_jax.models.squeezeseg import SqueezeSegV3
 
-MODELS: dict[str, type[heads.RangeNetwork]] = {
+# Compute dtypes by config name (config.model.dtype).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+MODELS: dict[str, type[network.RangeNetwork]] = {
     "salsanext": SalsaNext,
     "rangenet21": RangeNet21,
     "squeezesegv3_21": SqueezeSegV3,
@@ -24,7 +27,7 @@ MODELS: dict[str, type[heads.RangeNetwork]] = {
 def create_model(name: str, *, num_classes: int, width: float = 1.0, embed_dim: int = 256,
                  dtype: Any = jnp.float32, bn_axis_name: str | None = None,
                  projection_head: bool = True,
-                 dropout_rate: float | None = None) -> heads.RangeNetwork:
+                 dropout_rate: float | None = None) -> network.RangeNetwork:
   """Builds backbone `name` (a key of MODELS).
 
   Args:

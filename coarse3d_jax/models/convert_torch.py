@@ -8,7 +8,7 @@ a few renamed Sequential members listed in `_RENAMES`:
 - conv weight (O, I, kh, kw) -> kernel (kh, kw, I, O); ConvTranspose2d weight (I, O, kh, kw) ->
   kernel (kh, kw, I, O) (`rangenet.UpConv` uses PyTorch's tap order);
 - SqueezeSegV3 SAC blocks: the 9C unfolded channels are channel-major in PyTorch and
-  offset-major in Flax (`heads.unfold3x3`), so the attention conv's outputs, its BN and the
+  offset-major in Flax (`layers.unfold3x3`), so the attention conv's outputs, its BN and the
   first MLP conv's inputs are permuted;
 - BatchNorm2d weight/bias -> params scale/bias, running_mean/var -> batch_stats mean/var;
 - LayerNorm 'feat_norm' -> 'embed_norm' scale/bias.
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from coarse3d_jax import models
-from coarse3d_jax.models import heads
+from coarse3d_jax.models import layers
 
 _COMMON_RENAMES = (
     (r"^projector\.proj\.0\.", "proj_head.conv1."),
@@ -67,11 +67,11 @@ def conv_transpose_kernel(weight: np.ndarray) -> np.ndarray:
 
 
 def _sac_reorder(key: str, value: np.ndarray) -> np.ndarray:
-  """PyTorch's channel-major unfold order -> the offset-major order of `heads.unfold3x3`."""
+  """PyTorch's channel-major unfold order -> the offset-major order of `layers.unfold3x3`."""
   if ".attention_conv." in key or ".attention_bn." in key:
-    return value[heads.unfold_order(value.shape[0] // 9)]
+    return value[layers.unfold_order(value.shape[0] // 9)]
   if key.endswith(".mlp_conv1.weight"):
-    return value[:, heads.unfold_order(value.shape[1] // 9)]
+    return value[:, layers.unfold_order(value.shape[1] // 9)]
   return value
 
 

@@ -16,7 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from coarse3d_jax.models import heads
+from coarse3d_jax.models import layers
+from coarse3d_jax.models import network
 
 Array = jax.Array
 DARKNET_BN_MOMENTUM = 0.01
@@ -30,10 +31,10 @@ def conv_bn_act(module: nn.Module, x: Array, features: int, train: bool, *, kern
                 stride: tuple[int, int] = (1, 1), use_bias: bool = False,
                 names: tuple[str, str] = ("conv", "bn")) -> Array:
   """Conv ('same' padding), BN (momentum 0.01), LeakyReLU(0.1); submodules named `names`."""
-  y = heads.conv(features, kernel, stride=stride, use_bias=use_bias, dtype=module.dtype,
-                 name=names[0])(x)
-  y = heads.batch_norm(train, momentum=DARKNET_BN_MOMENTUM, axis_name=module.bn_axis_name,
-                       dtype=module.dtype, name=names[1])(y)
+  y = layers.conv(features, kernel, stride=stride, use_bias=use_bias, dtype=module.dtype,
+                  name=names[0])(x)
+  y = layers.batch_norm(train, momentum=DARKNET_BN_MOMENTUM, axis_name=module.bn_axis_name,
+                        dtype=module.dtype, name=names[1])(y)
   return _lrelu(y)
 
 
@@ -66,9 +67,9 @@ class UpConv(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """x: (B, H, W, C_in) -> (B, H, 2 W, features)."""
-    kernel = self.param("kernel", heads.torch_conv_init, (1, 4, x.shape[-1], self.features),
+    kernel = self.param("kernel", layers.torch_conv_init, (1, 4, x.shape[-1], self.features),
                         jnp.float32).astype(self.dtype)
-    bias = heads.conv_bias(self, self.features)
+    bias = layers.conv_bias(self, self.features)
     x = x.astype(self.dtype)
     conv = lambda taps, pad: jax.lax.conv_general_dilated(
         x, kernel[:, taps], (1, 1), ((0, 0), pad), dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -113,8 +114,8 @@ class DecoderStage(nn.Module):
     out = self.planes[1]
     if self.upsample:
       y = upconv(out, self.dtype, "upconv")(x)
-      y = heads.batch_norm(train, momentum=DARKNET_BN_MOMENTUM, axis_name=self.bn_axis_name,
-                           dtype=self.dtype, name="bn")(y)
+      y = layers.batch_norm(train, momentum=DARKNET_BN_MOMENTUM, axis_name=self.bn_axis_name,
+                            dtype=self.dtype, name="bn")(y)
       y = _lrelu(y)
     else:
       y = conv_bn_act(self, x, out, train, use_bias=True)
@@ -154,7 +155,7 @@ class DarknetDecoder(nn.Module):
         skip = skips[stride]
         x = x + (jax.lax.stop_gradient(skip) if self.detach_skips else skip)
       outs.append(x)
-    outs[-1] = heads.dropout2d(outs[-1], self.dropout_rate, train)
+    outs[-1] = layers.dropout2d(outs[-1], self.dropout_rate, train)
     return outs
 
 
@@ -178,14 +179,14 @@ class DarknetBackbone(nn.Module):
       planes = (self.channels[i], self.channels[i + 1])
       x = EncoderStage(planes, blocks, self.dtype, self.bn_axis_name, name=f"enc{i + 1}")(
           x, train)
-      x = heads.dropout2d(x, self.dropout_rate, train)
+      x = layers.dropout2d(x, self.dropout_rate, train)
     return x, skips
 
 
-class RangeNet21(heads.RangeNetwork):
+class RangeNet21(network.RangeNetwork):
   """RangeNet++ (DarkNet-21 encoder + decoder) with the COARSE3D projection head.
 
-  Attributes: `heads.RangeNetwork`'s (reference dropout rates: encoder 0.01, decoder 0.001,
+  Attributes: `network.RangeNetwork`'s (reference dropout rates: encoder 0.01, decoder 0.001,
   head 0.01); detach_skips=True reproduces the reference's detached skip connections (also
   feeding the projection head).
   """
@@ -201,10 +202,10 @@ class RangeNet21(heads.RangeNetwork):
   @nn.compact
   def __call__(self, x: Array, train: bool = False,
                coarse_embedding: bool = False) -> dict[str, Any]:
-    """x: (B, H, W, 5) normalized range image -> `heads.RangeNetwork.assemble_outputs`."""
+    """x: (B, H, W, 5) normalized range image -> `network.RangeNetwork.assemble_outputs`."""
     _, h, w, _ = x.shape
     xp = self.pad_input(x)
-    ch = [heads.scale_channels(c, self.width) for c in (32, 64, 128, 256, 512, 1024)]
+    ch = [layers.scale_channels(c, self.width) for c in (32, 64, 128, 256, 512, 1024)]
     enc_rate, dec_rate, head_rate = self._rates()
     kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
     feats, skips = DarknetBackbone(ch, (1, 1, 2, 2, 1), enc_rate, self.detach_skips,
@@ -212,8 +213,8 @@ class RangeNet21(heads.RangeNetwork):
     dec_planes = [(ch[i], ch[i - 1]) for i in range(5, 0, -1)]
     y = DarknetDecoder(dec_planes, (True,) * 5, dec_rate, self.detach_skips, name="decoder",
                        **kw)(feats, skips, 32, train)[-1]
-    y = heads.dropout2d(y, head_rate, train)
-    logits = heads.conv(self.num_classes, 3, dtype=self.dtype, name="head")(y)
+    y = layers.dropout2d(y, head_rate, train)
+    logits = layers.conv(self.num_classes, 3, dtype=self.dtype, name="head")(y)
     mix = [skips[s] for s in (1, 2, 4, 8)]
     return self.assemble_outputs(logits, (), mix, xp.shape[1:3], (h, w), train,
                                  coarse_embedding)

@@ -13,7 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from coarse3d_jax.models import heads
+from coarse3d_jax.models import layers
+from coarse3d_jax.models import network
 
 Array = jax.Array
 
@@ -31,12 +32,12 @@ class ResContextBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     """x: (B, H, W, C_in) -> (B, H, W, features)."""
-    bn = lambda name: heads.batch_norm(train, axis_name=self.bn_axis_name, dtype=self.dtype,
-                                       name=name)
-    shortcut = _lrelu(heads.conv(self.features, 1, dtype=self.dtype, name="conv1")(x))
-    y = _lrelu(heads.conv(self.features, 3, dtype=self.dtype, name="conv2")(shortcut))
+    bn = lambda name: layers.batch_norm(train, axis_name=self.bn_axis_name, dtype=self.dtype,
+                                        name=name)
+    shortcut = _lrelu(layers.conv(self.features, 1, dtype=self.dtype, name="conv1")(x))
+    y = _lrelu(layers.conv(self.features, 3, dtype=self.dtype, name="conv2")(shortcut))
     y = bn("bn1")(y)
-    y = _lrelu(heads.conv(self.features, 3, dilation=2, dtype=self.dtype, name="conv3")(y))
+    y = _lrelu(layers.conv(self.features, 3, dilation=2, dtype=self.dtype, name="conv3")(y))
     y = bn("bn2")(y)
     return shortcut + y
 
@@ -48,10 +49,10 @@ def _dilated_triplet(module: nn.Module, x: Array, features: int, first_conv: int
   Runs inside `module`'s compact call; convs are named conv{first_conv}..conv{first_conv+3}
   and the BNs bn1..bn4, as in the reference. x: (B, H, W, C) -> (B, H, W, features).
   """
-  bn = lambda name: heads.batch_norm(train, axis_name=module.bn_axis_name, dtype=module.dtype,
-                                     name=name)
-  c = lambda i, k, **kw: heads.conv(features, k, dtype=module.dtype,
-                                    name=f"conv{first_conv + i}", **kw)
+  bn = lambda name: layers.batch_norm(train, axis_name=module.bn_axis_name, dtype=module.dtype,
+                                      name=name)
+  c = lambda i, k, **kw: layers.conv(features, k, dtype=module.dtype,
+                                     name=f"conv{first_conv + i}", **kw)
   y1 = bn("bn1")(_lrelu(c(0, 3)(x)))
   y2 = bn("bn2")(_lrelu(c(1, 3, dilation=2)(y1)))
   # 2x2 kernel, dilation 2, padding 1: taps at offsets -1 and +1, same output size.
@@ -72,9 +73,9 @@ class ResBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array | tuple[Array, Array]:
     """x: (B, H, W, C_in) -> ((B, H/2, W/2, F), (B, H, W, F)) or (B, H, W, F)."""
-    shortcut = _lrelu(heads.conv(self.features, 1, dtype=self.dtype, name="conv1")(x))
+    shortcut = _lrelu(layers.conv(self.features, 1, dtype=self.dtype, name="conv1")(x))
     res = shortcut + _dilated_triplet(self, x, self.features, 2, train)
-    out = heads.dropout2d(res, self.dropout_rate, train) if self.drop_out else res
+    out = layers.dropout2d(res, self.dropout_rate, train) if self.drop_out else res
     if not self.pooling:
       return out
     pooled = nn.avg_pool(out, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
@@ -93,17 +94,17 @@ class UpBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, skip: Array, train: bool) -> Array:
     """x: (B, h, w, C), skip: (B, 2h, 2w, S) -> (B, 2h, 2w, features)."""
-    drop = lambda y: heads.dropout2d(y, self.dropout_rate, train) if self.drop_out else y
-    up = drop(heads.pixel_shuffle(x, 2))
+    drop = lambda y: layers.dropout2d(y, self.dropout_rate, train) if self.drop_out else y
+    up = drop(layers.pixel_shuffle(x, 2))
     y = drop(jnp.concatenate([up, skip], axis=-1))
     y = _dilated_triplet(self, y, self.features, 1, train)
     return drop(y)
 
 
-class SalsaNext(heads.RangeNetwork):
+class SalsaNext(network.RangeNetwork):
   """SalsaNext with the COARSE3D projection head.
 
-  Attributes: `heads.RangeNetwork`'s (32 base channels at width 1; reference Dropout2d 0.2).
+  Attributes: `network.RangeNetwork`'s (32 base channels at width 1; reference Dropout2d 0.2).
   """
 
   stride = (16, 16)
@@ -111,10 +112,10 @@ class SalsaNext(heads.RangeNetwork):
   @nn.compact
   def __call__(self, x: Array, train: bool = False,
                coarse_embedding: bool = False) -> dict[str, Any]:
-    """x: (B, H, W, 5) normalized range image -> `heads.RangeNetwork.assemble_outputs`."""
+    """x: (B, H, W, 5) normalized range image -> `network.RangeNetwork.assemble_outputs`."""
     _, h, w, _ = x.shape
     xp = self.pad_input(x)
-    base = heads.scale_channels(32, self.width, multiple=2)
+    base = layers.scale_channels(32, self.width, multiple=2)
     rate = 0.2 if self.dropout_rate is None else self.dropout_rate
     kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
     y = ResContextBlock(base, name="downCntx", **kw)(xp, train)
@@ -127,6 +128,6 @@ class SalsaNext(heads.RangeNetwork):
     y = ResBlock(8 * base, rate, False, True, name="resBlock5", **kw)(y, train)
     for i, mult in enumerate([4, 4, 2, 1]):
       y = UpBlock(mult * base, rate, i < 3, name=f"upBlock{i + 1}", **kw)(y, skips[3 - i], train)
-    logits = heads.conv(self.num_classes, 1, dtype=self.dtype, name="cls_head")(y)
+    logits = layers.conv(self.num_classes, 1, dtype=self.dtype, name="cls_head")(y)
     return self.assemble_outputs(logits, (), skips, xp.shape[1:3], (h, w), train,
                                  coarse_embedding)

@@ -8,7 +8,7 @@ Layer facts (reference squeezesegv3_Proto.py / SqueezeSegV3 SAC backbone):
   end with a 3x3 conv of stride (1, 2) (output stride 8, width only); Dropout2d 0.01 after each;
 - SAC block (C channels): attention = sigmoid(BN(conv7x7(xyz) -> 9C)), multiplied with the 3x3
   unfolded features (9C), then 1x1 conv -> C, BN, ReLU, 3x3 conv, BN, ReLU, plus the input;
-  its BNs use momentum 0.1. The 9C channels are kept offset-major here (`heads.unfold3x3`),
+  its BNs use momentum 0.1. The 9C channels are kept offset-major here (`layers.unfold3x3`),
   channel-major in PyTorch; the converter permutes the three layers touching them;
 - decoder: two 3x3 conv stages at 256, three [1, 4] transposed-conv stages (128, 64, 32) adding
   the (detached) encoder skips, Dropout2d 0.01 at the end;
@@ -26,8 +26,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from coarse3d_jax.models import heads
+from coarse3d_jax.models import layers
+from coarse3d_jax.models import network
 from coarse3d_jax.models import rangenet
+from coarse3d_jax.models import resize
 
 Array = jax.Array
 SAC_BN_MOMENTUM = 0.1
@@ -42,14 +44,14 @@ class SACBlock(nn.Module):
   @nn.compact
   def __call__(self, xyz: Array, x: Array, train: bool) -> Array:
     """xyz: (B, H, W, 3), x: (B, H, W, C) -> (B, H, W, C)."""
-    bn = lambda name: heads.batch_norm(train, momentum=SAC_BN_MOMENTUM, dtype=self.dtype,
-                                       axis_name=self.bn_axis_name, name=name)
+    bn = lambda name: layers.batch_norm(train, momentum=SAC_BN_MOMENTUM, dtype=self.dtype,
+                                        axis_name=self.bn_axis_name, name=name)
     c = self.features
-    attention = heads.conv(9 * c, 7, dtype=self.dtype, name="attention_conv")(xyz)
+    attention = layers.conv(9 * c, 7, dtype=self.dtype, name="attention_conv")(xyz)
     attention = jax.nn.sigmoid(bn("attention_bn")(attention))
-    y = heads.unfold3x3(x) * attention
-    y = nn.relu(bn("mlp_bn1")(heads.conv(c, 1, dtype=self.dtype, name="mlp_conv1")(y)))
-    y = nn.relu(bn("mlp_bn2")(heads.conv(c, 3, dtype=self.dtype, name="mlp_conv2")(y)))
+    y = layers.unfold3x3(x) * attention
+    y = nn.relu(bn("mlp_bn1")(layers.conv(c, 1, dtype=self.dtype, name="mlp_conv1")(y)))
+    y = nn.relu(bn("mlp_bn2")(layers.conv(c, 3, dtype=self.dtype, name="mlp_conv2")(y)))
     return y + x
 
 
@@ -95,15 +97,15 @@ class SACBackbone(nn.Module):
       if down:
         skips[stride] = jax.lax.stop_gradient(x) if self.detach_skips else x
         stride *= 2
-        xyz = heads.resize_bilinear(xyz, xyz.shape[1], xyz.shape[2] // 2)
-      x = heads.dropout2d(y, self.dropout_rate, train)
+        xyz = resize.resize_bilinear(xyz, xyz.shape[1], xyz.shape[2] // 2)
+      x = layers.dropout2d(y, self.dropout_rate, train)
     return x, skips
 
 
-class SqueezeSegV3(heads.RangeNetwork):
+class SqueezeSegV3(network.RangeNetwork):
   """SqueezeSegV3-21 with auxiliary heads and the COARSE3D projection head.
 
-  Attributes: `heads.RangeNetwork`'s (reference dropout rate 0.01 everywhere);
+  Attributes: `network.RangeNetwork`'s (reference dropout rate 0.01 everywhere);
   detach_skips=True reproduces the reference's detached skip connections.
   """
   detach_skips: bool = True
@@ -112,16 +114,16 @@ class SqueezeSegV3(heads.RangeNetwork):
 
   def _head(self, x: Array, kernel: int, name: str, train: bool) -> Array:
     rate = 0.01 if self.dropout_rate is None else self.dropout_rate
-    x = heads.dropout2d(x, rate, train)
-    return heads.conv(self.num_classes, kernel, dtype=self.dtype, name=name)(x)
+    x = layers.dropout2d(x, rate, train)
+    return layers.conv(self.num_classes, kernel, dtype=self.dtype, name=name)(x)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False,
                coarse_embedding: bool = False) -> dict[str, Any]:
-    """x: (B, H, W, 5) normalized range image -> `heads.RangeNetwork.assemble_outputs`."""
+    """x: (B, H, W, 5) normalized range image -> `network.RangeNetwork.assemble_outputs`."""
     _, h, w, _ = x.shape
     xp = self.pad_input(x)
-    ch = tuple(heads.scale_channels(c, self.width) for c in (32, 64, 128, 256, 256, 256))
+    ch = tuple(layers.scale_channels(c, self.width) for c in (32, 64, 128, 256, 256, 256))
     rate = 0.01 if self.dropout_rate is None else self.dropout_rate
     kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
     feats, skips = SACBackbone(ch, rate, self.detach_skips, name="backbone", **kw)(xp, train)
@@ -130,7 +132,7 @@ class SqueezeSegV3(heads.RangeNetwork):
                                  self.detach_skips, name="decoder", **kw)(feats, skips, 8, train)
     logits = self._head(ys[4], 3, "head5", train)
     aux = [self._head(ys[3 - i], 1, f"head{4 - i}", train) for i in range(4)]
-    crop_up = lambda z: heads.crop(heads.upsample_nearest(
+    crop_up = lambda z: layers.crop(resize.upsample_nearest(
         z, 1, xp.shape[2] // z.shape[2]), h, w).astype(jnp.float32)
     aux_logits = tuple(crop_up(z) for z in aux) if train else ()
     return self.assemble_outputs(logits, aux_logits, [skips[1], skips[2], skips[4], feats],

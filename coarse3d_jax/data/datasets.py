@@ -6,12 +6,12 @@ mean/std); nuScenes-lidarseg from the nuscenes-devkit `LidarsegClassMapper` (gen
 challenge classes, challenge colors) and COARSE3D's `config_nuscenes.yaml` (sensor, mean/std).
 Official color maps of KITTI and POSS are BGR; `colors_rgb` holds them converted to RGB.
 """
-import dataclasses
 from collections.abc import Mapping, Sequence
+import dataclasses
 
 import numpy as np
 
-from data_prep import errors
+from coarse3d_jax.data import errors
 
 
 class UnknownLabelError(errors.DataError, ValueError):

@@ -22,8 +22,8 @@ import pathlib
 
 import numpy as np
 
-from coarse3d_jax import datasets
-from data_prep.errors import DataError
+from coarse3d_jax.data import datasets
+from coarse3d_jax.data.errors import DataError
 
 KITTI_LAYOUT = ("semantickitti", "semanticposs", "synthetic")
 NUSCENES_VAL_RANGES = (

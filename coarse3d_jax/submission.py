@@ -1,6 +1,6 @@
-"""Benchmark-format prediction files, written atomically, and submission packaging/validation.
+"""Benchmark-format prediction files (written atomically), submission packaging and validation.
 
-Layouts (DESIGN.md section 6):
+Layouts:
 - SemanticKITTI / SemanticPOSS: `OUT/sequences/NN/predictions/NNNNNN.label`, one uint32 raw label
   id per point (learning ids through the inverse learning map), exactly as many as the scan has.
 - nuScenes-lidarseg: `OUT/lidarseg/<split>/<lidar sample_data token>_lidarseg.bin`, one uint8
@@ -10,29 +10,18 @@ Layouts (DESIGN.md section 6):
   `sequences/NN/predictions/` for NN = 11..21 and every `.label` file, as semantic-kitti-api
   `validate_submission.py` requires.
 """
-import contextlib
+from collections.abc import Iterable
 import json
-import os
 import pathlib
-import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator
 
 import numpy as np
+
+from coarse3d_jax import files
 
 KITTI_TEST_SEQUENCES = tuple(f"{s:02d}" for s in range(11, 22))
 NUSCENES_META = {"use_camera": False, "use_lidar": True, "use_radar": False, "use_map": False,
                  "use_external": False}
-
-
-def _current_umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
-
-
-# mkstemp creates 0600 files; finished files get the usual permissions (0666 minus umask).
-_FILE_MODE = 0o666 & ~_current_umask()
 
 
 class ExportError(Exception):
@@ -41,36 +30,6 @@ class ExportError(Exception):
 
 class SubmissionError(Exception):
   """A submission that the official validator would reject (message says why)."""
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
-  """A temporary file next to `path` to write; renamed over `path` when the block completes,
-  removed if it raises, so `path` is never seen half-written."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  os.close(fd)
-  try:
-    yield pathlib.Path(tmp)
-    os.chmod(tmp, _FILE_MODE)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> pathlib.Path:
-  """Writes `data` to a temporary file next to `path`, then renames it over `path`."""
-  with atomic_path(path) as tmp:
-    tmp.write_bytes(data)
-  return pathlib.Path(path)
-
-
-def atomic_write_json(path: str | os.PathLike, obj, **dump_kwargs) -> pathlib.Path:
-  """`json.dumps(obj, **dump_kwargs)` plus a newline, written with `atomic_write`."""
-  return atomic_write(path, (json.dumps(obj, **dump_kwargs) + "\n").encode())
 
 
 def kitti_prediction_path(out_dir, sequence: str, frame: str) -> pathlib.Path:
@@ -97,7 +56,7 @@ def write_kitti_labels(out_dir, sequence: str, frame: str, raw_labels: np.ndarra
   raw_labels = np.asarray(raw_labels)
   if raw_labels.shape != (num_points,):
     raise ExportError(f"{path}: {raw_labels.shape} labels for a scan of {num_points} points")
-  return atomic_write(path, raw_labels.astype("<u4").tobytes())
+  return files.atomic_write(path, raw_labels.astype("<u4").tobytes())
 
 
 def write_nuscenes_labels(out_dir, split: str, token: str, labels: np.ndarray,
@@ -110,7 +69,7 @@ def write_nuscenes_labels(out_dir, split: str, token: str, labels: np.ndarray,
   if labels.size and (labels.min() < 1 or labels.max() >= num_classes):
     raise ExportError(f"{path}: labels must lie in 1..{num_classes - 1}, got "
                       f"[{labels.min()}, {labels.max()}]")
-  return atomic_write(path, labels.astype(np.uint8).tobytes())
+  return files.atomic_write(path, labels.astype(np.uint8).tobytes())
 
 
 def write_nuscenes_submission_json(out_dir, split: str, **meta: bool) -> pathlib.Path:
@@ -120,7 +79,7 @@ def write_nuscenes_submission_json(out_dir, split: str, **meta: bool) -> pathlib
     raise ExportError(f"unknown submission meta keys {sorted(unknown)}")
   values = {k: bool(meta.get(k, v)) for k, v in NUSCENES_META.items()}
   path = pathlib.Path(out_dir) / split / "submission.json"
-  return atomic_write_json(path, {"meta": values}, indent=2)
+  return files.atomic_write_json(path, {"meta": values}, indent=2)
 
 
 def zip_kitti_submission(pred_dir, zip_path, sequences: Iterable[str] = KITTI_TEST_SEQUENCES
@@ -129,7 +88,7 @@ def zip_kitti_submission(pred_dir, zip_path, sequences: Iterable[str] = KITTI_TE
   pred_dir, zip_path = pathlib.Path(pred_dir), pathlib.Path(zip_path)
   if zip_path.suffix != ".zip":
     raise ExportError(f"{zip_path}: a submission bundle must end with .zip")
-  with atomic_path(zip_path) as tmp:
+  with files.atomic_path(zip_path) as tmp:
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
       bundle.writestr("sequences/", b"")
       for sequence in sequences:
@@ -158,7 +117,7 @@ def validate_kitti_submission(zip_path, raw_dir,
   with zipfile.ZipFile(zip_path) as bundle:
     infos = bundle.infolist()
   directories = {i.filename for i in infos if i.filename.endswith("/")}
-  files = {i.filename: i for i in infos if not i.filename.endswith("/")}
+  entries = {i.filename: i for i in infos if not i.filename.endswith("/")}
   if "sequences/" not in directories:
     raise SubmissionError('Directory "sequences" missing inside zip file.')
   for sequence in sequences:
@@ -171,9 +130,9 @@ def validate_kitti_submission(zip_path, raw_dir,
       raise SubmissionError(f"{velodyne}: missing; the validator needs the test scans")
     for scan in sorted(velodyne.iterdir()):
       name = f"sequences/{sequence}/predictions/{scan.stem}.label"
-      if name not in files:
+      if name not in entries:
         raise SubmissionError(f'"{name}" is missing inside zip.')
-      num_points, num_labels = scan.stat().st_size / 16, files[name].file_size / 4
+      num_points, num_labels = scan.stat().st_size / 16, entries[name].file_size / 4
       if num_points != num_labels:
         raise SubmissionError(f'label file "{name}" should have {num_points:.0f} labels, but '
                               f"found {num_labels:.0f} labels!")
