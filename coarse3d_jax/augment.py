@@ -68,7 +68,7 @@ def yaw_roll(image: Array, labels: tuple[Array, ...], shift: Array):
   """Rotates a scan about z by `shift` whole columns, exactly, in range-image space.
 
   A shift of s columns moves every point's column from c to c + s, i.e. decreases atan2(y, x)
-  by s * 2 pi / W (DESIGN.md: yaw = -atan2(y, x)); x and y channels are rotated to match.
+  by s * 2 pi / W (the projection takes yaw = -atan2(y, x)); x and y channels are rotated to match.
 
   Args:
     image: (H, W, 5) range, x, y, z, remission (-1 on empty pixels).

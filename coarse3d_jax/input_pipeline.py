@@ -101,12 +101,11 @@ PARALLEL_CALLS = max(2, os.cpu_count() or 1)
 
 
 def without_autotune(ds: tf.data.Dataset) -> tf.data.Dataset:
-  """`ds` without tf.data's autotuning thread, which stalls every epoch's end by up to ~30 s.
+  """`ds` without tf.data's autotuning thread, which stalls the end of an epoch.
 
   The thread sleeps between optimization rounds for a period that grows with the iterator's
   age, and deleting the iterator waits for it to wake: with one pipeline per epoch, the demo's
-  training sat idle for 20-35 s at most epoch ends (measured: epochs of 40 batches at 0.5 s
-  each took 41 s instead of 21 s in 3 of 6 epochs with autotuning, 21 s in all 6 without).
+  training sat idle at most epoch ends (benchmarks/README.md, Demo, has the measurement).
   """
   options = tf.data.Options()
   options.autotune.enabled = False

@@ -21,7 +21,10 @@ from absl import flags
 from absl import logging
 
 if "--verbose" not in sys.argv:
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's oneDNN and CUDA notices.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's CUDA and device notices.
+  # TensorFlow only decodes records here (no TF math), so its oneDNN kernels never run; turning
+  # them off also drops the notice it prints about them on import.
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 CACHE_ENV = "COARSE3D_COMPILATION_CACHE"
@@ -119,6 +122,9 @@ def enable_compilation_cache(flag_value: str | None) -> None:
 
 def _parse(program: Program, fv: flags.FlagValues, argv: Sequence[str]) -> int | None:
   """Parses argv into the program's flags; an exit status when the program must not run."""
+  if {"--help", "-h", "--helpfull"} & set(argv[1:]):  # Before required flags are checked.
+    print(help_text(program, fv))
+    return EXIT_OK
   try:
     fv(list(argv))
   except (flags.Error, AttributeError, KeyError, ValueError) as e:
@@ -126,9 +132,6 @@ def _parse(program: Program, fv: flags.FlagValues, argv: Sequence[str]) -> int |
     print(f"error: {e}\n(python -m {program.name} --help lists the flags)",
           file=program.log or sys.stderr)
     return EXIT_USAGE
-  if fv.help:
-    print(help_text(program, fv))
-    return EXIT_OK
   return None
 
 

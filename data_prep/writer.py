@@ -3,7 +3,7 @@
 Shards are named as TFDS expects (`{dataset}-{split}.tfrecord-{i:05d}-of-{n:05d}`), written under
 a temporary name in the same directory and renamed when complete, so a final name means a
 complete shard. Arrays are stored as raw bytes (tfds `Encoding.BYTES`): the decoded features have
-exactly the dtypes and shapes of DESIGN.md section 3, and serialization stays cheap.
+exactly the dtypes and shapes of the data contract (docs/design.md), and serialization stays cheap.
 """
 import os
 import pathlib
@@ -17,7 +17,7 @@ CHANNELS = 5
 
 
 def features(height: int, width: int) -> tfds.features.FeaturesDict:
-  """The example features of DESIGN.md section 3."""
+  """The example features of the data contract (docs/design.md)."""
   def tensor(shape, dtype):
     return tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES)
   return tfds.features.FeaturesDict({
@@ -61,8 +61,8 @@ class ExampleEncoder:
 
   Every feature is one bytes value (Text: UTF-8; tensors: raw bytes, tfds Encoding.BYTES), so
   the wire format is written directly with sorted map keys: byte-identical to tfds's
-  `SerializeToString(deterministic=True)` (tested), ~15x faster, and independent of the
-  process (the protobuf runtime's map order is not).
+  `SerializeToString(deterministic=True)` (tested), much faster (benchmarks/bench_data_prep.py),
+  and independent of the process (the protobuf runtime's map order is not).
   """
 
   def __init__(self, height: int, width: int):

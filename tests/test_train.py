@@ -195,7 +195,7 @@ def test_data_parallel_step_equals_single_device(data_dir, model_name, grad_rel)
     outputs.append(jax.device_get((state, metrics)))
   (one, m1), (four, m4) = outputs
   assert float(m1["num_anchors"]) > 0 and float(m1["contrast"]) > 0
-  # Total = focal + lovasz + 0.1 * contrast (DESIGN.md section 4).
+  # Total = focal + lovasz + 0.1 * contrast (docs/design.md).
   np.testing.assert_allclose(m1["loss"], m1["focal"] + m1["lovasz"] + 0.1 * m1["contrast"],
                              rtol=1e-6)
   for key in ("loss", "focal", "lovasz", "contrast", "num_anchors", "num_labeled"):

@@ -11,8 +11,8 @@ values as the convolutions they replace, with gradients laid out for XLA:CPU:
 
 Only XLA:CPU takes the per-tap path: `spatial_conv` picks it with `jax.lax.platform_dependent`,
 so a step compiled for a GPU or TPU keeps that platform's own convolution gradient (cuDNN's,
-the TPU's). `benchmarks/bench_train.py` measures the effect on the train step (README,
-Benchmarks). `sum_to_type_of` gives the hand-written gradients autodiff's types under
+the TPU's). `benchmarks/bench_train.py` measures the effect on the train step
+(benchmarks/README.md). `sum_to_type_of` gives the hand-written gradients autodiff's types under
 `jax.shard_map`.
 """
 import functools
@@ -82,7 +82,7 @@ def spatial_conv(x: Array, kernel: Array, dilation: int, padding: tuple[int, int
   XLA:CPU computes the kernel gradient of a spatial convolution many times slower than the
   forward pass, and in a SalsaNext train step those gradients took the largest share of the
   time. Here it is one matrix product per kernel tap (`conv_kernel_gradient`; the gain is
-  measured by `benchmarks/bench_train.py`, README, Benchmarks).
+  measured by `benchmarks/bench_train.py`, benchmarks/README.md).
   The input gradient stays XLA's (a convolution, as fast as the forward pass), and so does the
   kernel gradient wherever the step is compiled for anything but a CPU.
   x: (B, H, W, C); kernel: (k_h, k_w, C, F) -> (B, H + 2 p_h - d (k_h - 1), ..., F).

@@ -58,7 +58,8 @@ class UpConv(nn.Module):
   Output column 2j collects x[j] * k[1] + x[j - 1] * k[3] and column 2j + 1 collects
   x[j + 1] * k[0] + x[j] * k[2]; both phases are computed as ordinary (1, 2) convolutions
   and interleaved. Same function as lax.conv_transpose, but XLA:CPU runs the kernel gradient
-  of a transposed convolution ~100x slower than that of ordinary convolutions.
+  of a transposed convolution far slower than that of ordinary convolutions
+  (benchmarks/bench_models.py measures the backbones).
   kernel: (1, 4, C_in, C_out) with kernel[0, t] = torch weight[:, :, 0, t] (no flip).
   """
   features: int
@@ -193,6 +194,7 @@ class RangeNet21(network.RangeNetwork):
   detach_skips: bool = True
 
   stride = (1, 32)
+  encoder_modules = ("backbone",)
 
   def _rates(self) -> tuple[float, float, float]:
     if self.dropout_rate is None:
