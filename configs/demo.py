@@ -3,9 +3,10 @@
 160 training scans (4 streets x 40), 12 epochs of 40 steps at batch 4 on 512-column crops:
 8-11 minutes on 2 CPU cores. Differences from the reference recipe, each measured on this
 data (benchmarks/README.md, Demo): a quarter-width SalsaNext, no Dropout2d (at 8 channels per
-layer, dropping whole channels slows learning down markedly), and the exact range-image augmentation (yaw roll
-and y-flip) instead of 3D augmentation with re-projection, whose translations leave ~half the
-pixels of a re-projected scan empty: a distribution shift that a short run cannot absorb.
+layer, dropping whole channels slows learning down markedly), and the exact range-image
+augmentation (yaw roll and y-flip) instead of 3D augmentation with re-projection, whose
+translations leave ~half the pixels of a re-projected scan empty: a distribution shift that a
+short run cannot absorb.
 """
 from configs import default
 
