@@ -9,7 +9,9 @@ weak labels (no dataset needed), after compilation, as medians over repeated ste
 Rows: plain (focal + Lovasz, no projection head), head (plain + the projection head, as in the
 contrast warm-up), COARSE3D (head + pseudo-labels, anchors, Pix2Proto, bank update), and
 evaluation (forward + point confusion matrix). The split of the COARSE3D addition is
-head - plain (projection head) and COARSE3D - head (sampling, Pix2Proto, bank update).
+head - plain (projection head) and COARSE3D - head (sampling, Pix2Proto, bank update). More
+rows (`common.bench_config`): coarse3d_no_diagnostics, coarse3d_log_step (a logging step: the
+gradient-diagnostics program, then the step) and coarse3d_pixel_memory (`contrast.memory=pixels`).
 
 With torch and the reference code on PYTHONPATH (see benchmarks/torch_reference.py) the
 public PyTorch reference's steps are timed in the same run on the same batch size (in a

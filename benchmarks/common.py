@@ -40,9 +40,15 @@ def bench_config(row: str, args):
       args.model, args.model_width, args.dtype)
   config.batch_size = config.eval_batch_size = args.batch
   config.augment.mode = "none"
-  # 'head': the projection head runs (still in the contrast warm-up); 'coarse3d': everything.
-  config.contrast.enabled = row in ("head", "coarse3d")
+  # 'head': the projection head runs (still in the contrast warm-up); 'coarse3d': everything,
+  # with the per-step training diagnostics; 'coarse3d_log_step': a logging step (the step and
+  # the gradient-diagnostics program before it); 'coarse3d_no_diagnostics': diagnostics off;
+  # 'coarse3d_pixel_memory': a 5,000-pixel memory per class in place of the prototypes.
+  config.contrast.enabled = row == "head" or row.startswith("coarse3d")
   config.contrast.warmup_steps = 10**9 if row == "head" else 0
+  config.contrast.diagnostics = row != "coarse3d_no_diagnostics"
+  if row == "coarse3d_pixel_memory":
+    config.contrast.memory = "pixels"
   return config
 
 
@@ -64,9 +70,22 @@ def build(row: str, args):
     step = lambda v, b: (v, fn(v, b))
     return step, variables, programs.to_global(batch, mesh), args.batch
   keys = ("range_image", "label", "weak_label")
-  train_fn = programs.compile_train_step(model, tx, schedule,
-                                         ml_collections.FrozenConfigDict(config), derived, mesh)
+  frozen = ml_collections.FrozenConfigDict(config)
+  train_fn = programs.compile_train_step(model, tx, schedule, frozen, derived, mesh)
+  if row == "coarse3d_log_step":
+    train_fn = _with_diagnostics(
+        train_fn, programs.compile_diagnostics_step(model, frozen, derived, mesh))
   return (train_fn, state, programs.to_global({k: batch[k] for k in keys}, mesh), args.batch)
+
+
+def _with_diagnostics(train_fn, diagnostics_fn):
+  """A logging step of the contrast phase as the training loop runs it: the gradient
+  diagnostics of the state, then the step."""
+  def step(state, batch):
+    measured = diagnostics_fn(state, batch)
+    state, logged = train_fn(state, batch)
+    return state, (logged, measured)
+  return step
 
 
 def stepper(fn, state, batch):

@@ -139,5 +139,7 @@ def random_crop_columns(rng: Array, arrays: tuple[Array, ...], crop_width: int):
 
 def normalize(image: Array, mean: Array, std: Array) -> Array:
   """(..., H, W, 5) raw features -> normalized, zero on empty pixels (range <= 0)."""
-  valid = image[..., :1] > 0
+  # A static slice even under a symbolic batch size (jnp indexing would export a gather, which
+  # the TFLite converter cannot read).
+  valid = jax.lax.slice_in_dim(image, 0, 1, axis=-1) > 0
   return jnp.where(valid, (image - mean) / std, 0.).astype(jnp.float32)

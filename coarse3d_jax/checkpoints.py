@@ -16,7 +16,9 @@ from coarse3d_jax import files
 
 # Config entries that change the shapes or meaning of the saved state.
 STRUCTURAL_KEYS = ("dataset", "model.name", "model.width", "model.embed_dim",
-                   "contrast.sub_prototypes", "contrast.enabled")
+                   "contrast.sub_prototypes", "contrast.enabled", "contrast.memory")
+# Structural keys added after workdirs were written: a saved config without one had this value.
+_ADDED_DEFAULTS = {"contrast.memory": "prototypes"}
 
 
 class CheckpointError(RuntimeError):
@@ -29,15 +31,28 @@ def _lookup(config: dict[str, Any], dotted: str) -> Any:
   return config
 
 
+def _structure(config: dict[str, Any]) -> dict[str, Any]:
+  """The entries of a (JSON) config that shape the saved state; the pixel memory's size only
+  where the bank is a pixel memory (contrast.memory='pixels')."""
+  values = {k: _lookup(config, k) for k in STRUCTURAL_KEYS}
+  for key, default in _ADDED_DEFAULTS.items():
+    if values[key] == {}:
+      values[key] = default
+  if values["contrast.memory"] == "pixels":
+    values["contrast.pixel_memory_size"] = _lookup(config, "contrast.pixel_memory_size")
+  return values
+
+
 def check_or_save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Saves config.json in a fresh workdir; refuses a workdir trained with another structure."""
   path = os.path.join(workdir, "config.json")
   current = json.loads(config.to_json_best_effort())
   if os.path.exists(path):
     with open(path) as f:
-      saved = json.load(f)
-    diffs = [f"{k}: saved {_lookup(saved, k)!r} != now {_lookup(current, k)!r}"
-             for k in STRUCTURAL_KEYS if _lookup(saved, k) != _lookup(current, k)]
+      saved = _structure(json.load(f))
+    now = _structure(current)
+    diffs = [f"{k}: saved {saved.get(k)!r} != now {now.get(k)!r}"
+             for k in dict.fromkeys([*saved, *now]) if saved.get(k) != now.get(k)]
     if diffs:
       raise CheckpointError(
           f"{workdir}: holds a run with an incompatible config ({'; '.join(diffs)}); "

@@ -2,6 +2,7 @@
 
     python -m coarse3d_jax.evaluate --dataset semantickitti --raw_dir RAW --pred_dir OUT
         [--split val] [--sequences 08,...] [--json FILE]
+    python -m coarse3d_jax.evaluate --dataset custom --dataset_config my_sensor.yaml ...
 
 Ground truth and predictions are mapped with the dataset's learning map, one confusion matrix is
 accumulated over all points of the split, and per-class IoU / mIoU follow the dataset's official
@@ -21,6 +22,7 @@ from coarse3d_jax import files
 from coarse3d_jax import metrics
 from coarse3d_jax import startup
 from coarse3d_jax import submission
+from coarse3d_jax.data import dataset_config
 from coarse3d_jax.data import datasets
 from coarse3d_jax.data import errors as data_errors
 from coarse3d_jax.data import readers
@@ -68,10 +70,13 @@ def _check_no_extra_files(dataset: str, pred_dir, split: str, refs) -> None:
                         f"({len(extra)} such files); the official evaluator would refuse them")
 
 
-def evaluate_predictions(dataset: str, raw_dir, pred_dir, split: str = "val",
+def evaluate_predictions(dataset: readers.Dataset, raw_dir, pred_dir, split: str = "val",
                          sequences: Sequence[str] | None = None) -> dict[str, Any]:
-  """Confusion matrix, per-class IoU and mIoU of `pred_dir` against the raw ground truth."""
-  info = datasets.get_info(dataset)
+  """Confusion matrix, per-class IoU and mIoU of `pred_dir` against the raw ground truth.
+
+  `dataset`: a built-in dataset's name, or a custom dataset's DatasetInfo.
+  """
+  info = datasets.resolve(dataset)
   refs = readers.list_scans(dataset, raw_dir, None if sequences else split, sequences)
   if not refs:
     raise EvaluateError(f"{raw_dir}: no scans in split {split}")
@@ -91,8 +96,11 @@ def evaluate_predictions(dataset: str, raw_dir, pred_dir, split: str = "val",
 
 def define_flags(fv: flags.FlagValues, argv) -> None:
   del argv
-  flags.DEFINE_enum("dataset", None, list(datasets.NAMES), "Dataset of the scans.",
+  flags.DEFINE_enum("dataset", None, [*datasets.NAMES, "custom"],
+                    "Dataset of the scans (custom: described by --dataset_config).",
                     flag_values=fv)
+  flags.DEFINE_string("dataset_config", None, "With --dataset custom: the YAML file that "
+                      "describes the dataset (as given to data_prep).", flag_values=fv)
   flags.DEFINE_string("raw_dir", None, "Raw dataset root (the ground truth).", flag_values=fv)
   flags.DEFINE_string("pred_dir", None, "Root of the prediction files.", flag_values=fv)
   flags.DEFINE_string("split", "val", "Split to evaluate.", flag_values=fv)
@@ -102,10 +110,18 @@ def define_flags(fv: flags.FlagValues, argv) -> None:
   flags.mark_flags_as_required(["dataset", "raw_dir", "pred_dir"], flag_values=fv)
 
 
+def _dataset(args: flags.FlagValues) -> readers.Dataset:
+  if (args.dataset == "custom") != bool(args.dataset_config):
+    raise startup.UsageError("--dataset custom and --dataset_config FILE go together (the YAML "
+                             "file describes the custom dataset)")
+  return dataset_config.load(args.dataset_config) if args.dataset_config else args.dataset
+
+
 def run(args: flags.FlagValues) -> None:
-  results = evaluate_predictions(args.dataset, args.raw_dir, args.pred_dir, args.split,
+  dataset = _dataset(args)
+  results = evaluate_predictions(dataset, args.raw_dir, args.pred_dir, args.split,
                                  args.sequences or None)
-  print(metrics.report(datasets.get_info(args.dataset), results))
+  print(metrics.report(datasets.resolve(dataset), results))
   if args.json:
     files.atomic_write_json(args.json, results, indent=2)
 

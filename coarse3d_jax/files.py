@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 
 
@@ -45,3 +46,26 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> pathlib.Path:
 def atomic_write_json(path: str | os.PathLike, obj, **dump_kwargs) -> pathlib.Path:
   """`json.dumps(obj, **dump_kwargs)` plus a newline, written with `atomic_write`."""
   return atomic_write(path, (json.dumps(obj, **dump_kwargs) + "\n").encode())
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+  """A temporary directory next to `path` to fill; it takes the place of `path` (a previous
+  directory there is removed) when the block completes, and is removed if the block raises, so
+  `path` is never seen half-written. The caller decides whether an existing `path` may go."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+  try:
+    yield tmp
+    os.chmod(tmp, 0o777 & ~_current_umask())
+    if path.exists():
+      old = tmp.with_name(tmp.name + ".old")
+      os.replace(path, old)
+      os.replace(tmp, path)
+      shutil.rmtree(old)
+    else:
+      os.replace(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise

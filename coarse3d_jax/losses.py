@@ -72,6 +72,26 @@ def focal_loss(probs: Array, labels: Array, alpha: Array, gamma: float = 2.0,
   return _masked_mean(loss, mask)
 
 
+def cross_entropy_loss(probs: Array, labels: Array, mask: Array | None = None) -> Array:
+  """Unweighted cross-entropy on probabilities: mean of -log(max(p_y, 1e-6)).
+
+  The focal loss without its modulation (1 - p)^gamma and without class weights (the seed's
+  "w/o focal loss" row); the class-weighted variant is the focal loss at gamma = 0.
+
+  Args:
+    probs: (N, C) probabilities; labels: (N,) int in [0, C); mask: (N,) bool or None.
+  Returns:
+    scalar float32: the mean over `mask` (0 when empty) or over all N rows.
+  """
+  probs = _float(probs)
+  labels = jnp.clip(jnp.asarray(labels, jnp.int32), 0, probs.shape[-1] - 1)
+  p = jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0]
+  loss = -jnp.log(jnp.maximum(p, _FOCAL_MIN_PROB))
+  if mask is None:
+    return jnp.mean(loss)
+  return _masked_mean(loss, mask)
+
+
 def _lovasz_grad(fg_sorted: Array) -> Array:
   """Gradient of the Lovasz extension of the Jaccard loss w.r.t. sorted errors (Berman Alg. 1).
 
@@ -133,6 +153,27 @@ def _pix2proto_seed(logits: Array, rows: Array) -> Array:
   return jax.nn.logsumexp(logits, axis=(1, 2)) - jax.nn.logsumexp(own, axis=-1)
 
 
+def _pix2proto_seed_by_class(anchors: Array, bank: Array, rows: Array) -> Array:
+  """`_pix2proto_seed` computed one class at a time, (A, M) logits alive instead of
+  (A, C - 1, M): for a bank with many entries per class (the pixel memory). The backward pass
+  recomputes each class's logits rather than keeping them.
+
+  anchors: (A, D); bank: (C - 1, M, D), already divided by the temperature; rows: (A,).
+  """
+  class_lse = jax.checkpoint(lambda members: jax.nn.logsumexp(anchors @ members.T, axis=-1))
+
+  def one_class(carry, inputs):
+    lse_all, own = carry
+    index, members = inputs
+    lse = class_lse(members)
+    return (jnp.logaddexp(lse_all, lse), jnp.where(rows == index, lse, own)), None
+
+  first = class_lse(bank[0])  # The carry starts from it: the anchors' device-varying type.
+  (lse_all, own), _ = jax.lax.scan(one_class, (first, jnp.where(rows == 0, first, 0.0)),
+                                   (jnp.arange(1, bank.shape[0]), bank[1:]))
+  return lse_all - own
+
+
 def _pix2proto_supcon(logits: Array, rows: Array, temperature: float) -> Array:
   """Reference SupCon: -(tau / 0.07) * mean_p [l_p - log(exp(l_p) + sum_neg exp(l_n))].
 
@@ -151,16 +192,17 @@ def _pix2proto_supcon(logits: Array, rows: Array, temperature: float) -> Array:
 
 def pix2proto_loss(anchors: Array, anchor_labels: Array, anchor_valid: Array, bank: Array,
                    temperature: float = 0.07, variant: str = "seed",
-                   axis_name: str | None = None) -> Array:
+                   axis_name: str | None = None, by_class: bool = False) -> Array:
   """Pix2Proto contrastive loss of anchor embeddings against the prototype bank.
 
-  'seed' (default, DESIGN.md section 4): per anchor of class k,
+  'seed' (default, the paper's formula; docs/design.md): per anchor of class k,
     -log( sum_{p in P_k} e^{a.p/tau} / sum_{p in P_c, c >= 1} e^{a.p/tau} ),
   positives = the M sub-prototypes of k, negatives = those of every other class except 0.
   'supcon': the public reference's mean log-probability over positives, each positive against
   all negatives, scaled by tau / 0.07.
   Mean over valid anchors (labels outside 1..C-1 are invalid); with `axis_name` sum and count are
   psum'ed, so the value is the global-batch mean on every device. No valid anchor: 0, zero grad.
+  `by_class` ('seed' only): the same value, computed one class at a time to bound the memory.
 
   Args:
     anchors: (A, D) unit embeddings (gradient flows into them).
@@ -179,6 +221,10 @@ def pix2proto_loss(anchors: Array, anchor_labels: Array, anchor_valid: Array, ba
   # Class 0's sub-prototypes are neither positives nor negatives: leave them out of the product.
   rows = jnp.where(valid, anchor_labels - 1, 0)
   bank = jax.lax.stop_gradient(bank[1:]).astype(jnp.float32) / temperature
+  if by_class:
+    if variant != "seed":
+      raise ValueError(f"pix2proto_loss: by_class computes the 'seed' variant, not {variant!r}")
+    return _masked_mean(_pix2proto_seed_by_class(_float(anchors), bank, rows), valid, axis_name)
   logits = jnp.einsum("ad,cmd->acm", _float(anchors), bank)
   if variant == "seed":
     per_anchor = _pix2proto_seed(logits, rows)

@@ -49,7 +49,7 @@ def state_init_fn(config, model, tx, derived: settings_lib.DerivedSettings):
   width = config.train_crop_width or geometry["width"]
   return functools.partial(
       ts.create_train_state, model=model, tx=tx, image_shape=(1, geometry["height"], width, 5),
-      num_classes=derived.num_classes, num_sub=config.contrast.sub_prototypes,
+      num_classes=derived.num_classes, num_sub=ts.bank_rows(config.contrast),
       embed_dim=config.model.embed_dim)
 
 
@@ -77,13 +77,23 @@ def compile_train_step(model, tx, schedule, config, derived: settings_lib.Derive
   return jax.jit(sharded, donate_argnums=(0,))
 
 
+def compile_diagnostics_step(model, config, derived: settings_lib.DerivedSettings,
+                             mesh: jax.sharding.Mesh):
+  """`(state, global batch) -> {name: [numerator, denominator]}`: the gradient ratio and bank
+  drift of the step the state is about to take (`train_step.gradient_diagnostics`)."""
+  step = functools.partial(ts.gradient_diagnostics, model=model, config=config, derived=derived)
+  return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P()))
+
+
 def compile_eval_step(model, derived: settings_lib.DerivedSettings, mesh: jax.sharding.Mesh,
-                      knn: bool = False):
-  """Evaluation step; with `knn`, points get RangeNet++ KNN labels."""
+                      knn: bool = False, oracle_ignore_mask: bool = False):
+  """Evaluation step; with `knn`, points get RangeNet++ KNN labels; `oracle_ignore_mask` as
+  config.oracle_ignore_mask."""
   knn_fn = None
   if knn:
     knn_fn = functools.partial(knn_lib.knn_from_batch, num_classes=derived.num_classes)
-  step = functools.partial(ts.eval_step, model=model, derived=derived, knn=knn_fn)
+  step = functools.partial(ts.eval_step, model=model, derived=derived, knn=knn_fn,
+                           oracle_ignore_mask=oracle_ignore_mask)
   sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)),
                           out_specs={"points": P(), "pixels": P(), "num_scans": P(),
                                      "pred": P(AXIS)})

@@ -162,3 +162,34 @@ def update_bank(bank: Array, embeddings: Array, labels: Array, valid: Array,
   counts = _psum(counts, axis_name).reshape(num_classes, num_sub)
   new_bank = momentum_step(bank, sums, counts, momentum)
   return new_bank, jnp.where(contributes, sub, -1)
+
+
+def push_memory(memory: Array, embeddings: Array, labels: Array, valid: Array) -> Array:
+  """Per-class FIFO of labeled pixel embeddings, the "pixel memory" that replaces the bank in
+  the seed's "w/o prototype" ablation (`contrast.memory='pixels'`).
+
+  Row 0 of a class is its newest entry. The n_c valid embeddings labeled c (1 <= c < C) enter
+  at the front in input order and the class's rows move back by n_c; the oldest fall off (with
+  n_c >= M only the first M of the batch stay). Class 0 and invalid rows never enter. Static
+  shapes: one stable sort by class and one (C, M) gather.
+
+  Args:
+    memory: (C, M, D) float32; embeddings: (N, D) unit rows (stop-gradient); labels: (N,) int;
+    valid: (N,) bool.
+  Returns:
+    (C, M, D) float32.
+  """
+  num_classes, size, _ = memory.shape
+  n = embeddings.shape[0]
+  labels = labels.astype(jnp.int32)
+  enters = valid & (labels > 0) & (labels < num_classes)
+  group = jnp.where(enters, labels, num_classes)
+  order = jnp.argsort(group, stable=True)  # Grouped by class, input order within a class.
+  counts = jax.ops.segment_sum(enters.astype(jnp.int32), group, num_classes + 1)[:-1]
+  first = jnp.cumsum(counts) - counts
+  slot = jnp.arange(size)[None, :]
+  is_new = slot < counts[:, None]
+  new_rows = embeddings.astype(jnp.float32)[order[jnp.clip(first[:, None] + slot, 0, n - 1)]]
+  old_rows = jnp.take_along_axis(memory, jnp.clip(slot - counts[:, None], 0, size - 1)[..., None],
+                                 axis=1)
+  return jnp.where(is_new[..., None], new_rows, old_rows)

@@ -12,6 +12,7 @@ import numpy as np
 from coarse3d_jax import files
 from coarse3d_jax import metrics
 from coarse3d_jax import visualize
+from coarse3d_jax.data import dataset_config
 
 
 class TrainingError(RuntimeError):
@@ -48,11 +49,25 @@ class Progress:
     return rate
 
 
+def diagnostic_values(host: list[dict]) -> dict[str, float]:
+  """The training diagnostics of a logging window: per name, the sum of its steps' numerators
+  over the sum of their denominators. A name whose denominators are all 0 (nothing to measure:
+  the warm-up, no full labels, no logging step in the window) is left out, never NaN."""
+  sums = {}
+  for scalars in host:
+    for name, pair in scalars.get("diagnostics", {}).items():
+      sums[name] = sums.get(name, 0.0) + np.asarray(pair, np.float64)
+  return {name: float(total[0] / total[1]) for name, total in sums.items() if total[1] > 0}
+
+
 def flush_metrics(pending: list[dict], step: int, writer, progress: Progress,
-                  last_saved: int | None) -> None:
-  """Averages the buffered step scalars, stops on a non-finite loss, logs the rest."""
+                  last_saved: int | None) -> dict[str, float]:
+  """Averages the buffered step scalars, stops on a non-finite loss, logs the rest.
+
+  Returns the window's training diagnostics (`diagnostic_values`), written as contrast/<name>.
+  """
   if not pending:
-    return
+    return {}
   host = jax.device_get(pending)
   losses_seen = np.asarray([m["loss"] for m in host], np.float64)
   if not np.all(np.isfinite(losses_seen)):
@@ -60,10 +75,13 @@ def flush_metrics(pending: list[dict], step: int, writer, progress: Progress,
     kept = f"step {last_saved}" if last_saved is not None else "none saved yet"
     raise TrainingError(f"loss is {losses_seen[~np.isfinite(losses_seen)][0]} at step {bad}: "
                         f"stopping; the last checkpoint ({kept}) is kept")
-  means = {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[0]}
+  means = {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[0]
+           if k != "diagnostics"}
   means["train/scans_per_second"] = progress(step, means["train/loss"])
-  writer.write_scalars(step, means)
+  diagnostics = diagnostic_values(host)
+  writer.write_scalars(step, {**means, **{f"contrast/{k}": v for k, v in diagnostics.items()}})
   pending.clear()
+  return diagnostics
 
 
 def picture_writer(info, num_pictures: int, writer, step: int):
@@ -84,7 +102,11 @@ def picture_writer(info, num_pictures: int, writer, step: int):
 
 
 def report_evaluation(info, results: dict[str, Any], workdir: str, writer) -> None:
-  """results.json, TensorBoard scalars and the per-class table (point-level mIoU)."""
+  """results.json, TensorBoard scalars and the per-class table (point-level mIoU).
+
+  results.json also holds what `results` carries besides the metrics, e.g. the training loop's
+  'contrast': the last logged value of each training diagnostic.
+  """
   table = metrics.report(info, results)
   logging.info("Evaluation on %s at step %d (point-level, official protocol):\n%s\n"
                "pixel-level mIoU (2D, not the benchmark metric): %.4f",
@@ -99,9 +121,12 @@ def report_evaluation(info, results: dict[str, Any], workdir: str, writer) -> No
                             sort_keys=True)
 
 
-def write_data_info(workdir: str, dataset: str, derived) -> None:
-  """What inference needs besides the checkpoint: the input normalization and geometry."""
-  files.atomic_write_json(os.path.join(workdir, "data_info.json"), {
-      "dataset": dataset, "mean": list(derived.mean), "std": list(derived.std),
-      "geometry": derived.geometry_dict, "num_classes": derived.num_classes},
-      indent=2, sort_keys=True)
+def write_data_info(workdir: str, dataset: str, derived, info=None) -> None:
+  """What inference needs besides the checkpoint: the input normalization and geometry, and
+  the dataset's description (`info`: class names, label maps, colors; custom datasets)."""
+  content = {"dataset": dataset, "mean": list(derived.mean), "std": list(derived.std),
+             "geometry": derived.geometry_dict, "num_classes": derived.num_classes}
+  if info is not None:
+    content["dataset_description"] = dataset_config.to_dict(info)
+  files.atomic_write_json(os.path.join(workdir, "data_info.json"), content, indent=2,
+                          sort_keys=True)

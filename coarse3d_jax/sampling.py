@@ -29,6 +29,22 @@ def anchor_weights(probs: Array) -> Array:
   return jnp.exp(-jnp.square(entropy(probs)))
 
 
+ANCHOR_SAMPLING = ("entropy", "uniform")
+
+
+def anchor_sampling_weights(probs: Array, how: str = "entropy") -> Array:
+  """Anchor weights by `contrast.anchor_sampling`: 'entropy' (rho = exp(-H^2), COARSE3D) or
+  'uniform' (every pixel of the class alike: the seed's "w/o anchor sampling" row).
+
+  probs: (..., C) -> (...) float32.
+  """
+  if how == "entropy":
+    return anchor_weights(probs)
+  if how == "uniform":
+    return jnp.ones(probs.shape[:-1], jnp.float32)
+  raise ValueError(f"contrast.anchor_sampling={how!r}: use one of {ANCHOR_SAMPLING}")
+
+
 def select_ratio(epoch: int | float | Array, num_epochs: int | float) -> float | Array:
   """Fraction of predicted pixels kept as pseudo-labels: 0.5 * log2(1 + (epoch + 1) / epochs).
 

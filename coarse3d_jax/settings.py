@@ -35,6 +35,9 @@ class DerivedSettings:
   num_epochs: int  # Epochs actually trained (num_train_steps wins): the pseudo-label schedule.
   contrast_warmup_steps: int
   bank_momentum: float  # Per-step momentum of the prototype update.
+  # Classes 1..C-1 with weak labels in the training split: the ones the bank can learn, over
+  # which the bank-drift diagnostic is averaged.
+  weak_label_classes: tuple[int, ...] = ()
 
   @property
   def geometry_dict(self) -> dict[str, Any]:
@@ -42,8 +45,12 @@ class DerivedSettings:
 
 
 def normalization(config, info: datasets.DatasetInfo, stats: dict) -> tuple[np.ndarray, ...]:
-  """(mean, std) of the 5 input channels: the reference constants or the train-split stats."""
-  if config.normalization == "reference":
+  """(mean, std) of the 5 input channels: the reference constants or the train-split stats.
+
+  A custom dataset described without mean and std (NaN) has no reference constants: its
+  train-split statistics stand in for them.
+  """
+  if config.normalization == "reference" and not np.isnan(info.mean).any():
     return np.asarray(info.mean, np.float32), np.asarray(info.std, np.float32)
   split = stats["splits"][config.train_split]
   return np.asarray(split["mean"], np.float32), np.maximum(np.asarray(split["std"]), 1e-6)
@@ -112,4 +119,5 @@ def derive(config, info: datasets.DatasetInfo, stats: dict, steps_per_epoch: int
       max_labeled_pixels=labeled_pixel_cap(config, stats), steps_per_epoch=steps_per_epoch,
       num_epochs=max(1, -(-total_steps // steps_per_epoch)),
       contrast_warmup_steps=contrast_warmup_steps(config.contrast, steps_per_epoch),
-      bank_momentum=bank_momentum(config.contrast, steps_per_epoch))
+      bank_momentum=bank_momentum(config.contrast, steps_per_epoch),
+      weak_label_classes=tuple(int(c) for c in np.flatnonzero(weak_counts[1:] > 0) + 1))

@@ -28,8 +28,9 @@ if "--verbose" not in sys.argv:
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 CACHE_ENV = "COARSE3D_COMPILATION_CACHE"
-# INFO lines of these libraries (dozens per checkpoint or dataset) are hidden unless --verbose.
-_NOISY_LIBRARIES = ("orbax", "tensorflow_datasets")
+# INFO lines of these libraries (dozens per checkpoint, dataset or SavedModel) are hidden unless
+# --verbose.
+_NOISY_LIBRARIES = ("orbax", "tensorflow_datasets", "tensorflow")
 # Loggers whose start-up messages say nothing to a user (e.g. the TPU probe on a CPU machine).
 _NOISY_LOGGERS = ("jax._src.xla_bridge", "absl.flags")
 
@@ -91,6 +92,7 @@ class _LibraryInfoFilter(py_logging.Filter):
 def quiet_libraries() -> None:
   """Hides library notices that precede every run and that a user cannot act on."""
   logging.get_absl_logger().addFilter(_LibraryInfoFilter())
+  py_logging.getLogger("tensorflow").addFilter(_LibraryInfoFilter())  # TF's own logger too.
   for name in _NOISY_LOGGERS:
     py_logging.getLogger(name).setLevel(py_logging.ERROR)
   # TFDS's own FeatureConnector.dtype deprecation, raised from inside TFDS on every load.

@@ -21,9 +21,12 @@ from coarse3d_jax import input_pipeline
 from coarse3d_jax import metrics
 from coarse3d_jax import programs
 from coarse3d_jax import reporting
+from coarse3d_jax import sampling
 from coarse3d_jax import settings as settings_lib
 from coarse3d_jax import train_step as ts
+from coarse3d_jax.data import dataset_config
 from coarse3d_jax.data import datasets
+from coarse3d_jax.data.errors import DataError
 
 TrainingError = reporting.TrainingError
 
@@ -59,11 +62,42 @@ def local_batch_size(global_batch: int, what: str) -> int:
   return global_batch // processes
 
 
+# Config keys that name one of a few behaviours, and their choices.
+CHOICES = {
+    "augment.mode": ("points", "range", "none"),
+    "loss.supervised": ts.SUPERVISED_LOSSES,
+    "contrast.memory": ts.MEMORIES,
+    "contrast.anchor_sampling": sampling.ANCHOR_SAMPLING,
+}
+
+
+def check_choices(config: ml_collections.ConfigDict) -> None:
+  """A one-line TrainingError naming the key whose value is none of its CHOICES."""
+  for key, choices in CHOICES.items():
+    section, name = key.split(".")
+    if config[section][name] not in choices:
+      raise TrainingError(f"{key}={config[section][name]!r}: use one of {', '.join(choices)}")
+
+
+def dataset_info(config: ml_collections.ConfigDict) -> datasets.DatasetInfo:
+  """The classes, maps and sensor of the data: data_prep's dataset.json in config.data_dir, or
+  for a directory converted before it existed, the built-in table of config.dataset."""
+  try:
+    info = dataset_config.load_description(config.data_dir)
+  except DataError as e:
+    raise TrainingError(str(e)) from None
+  if info is None:
+    return datasets.get_info(config.dataset)
+  if info.name != config.dataset:
+    raise TrainingError(f"{config.data_dir} holds {info.name!r} data, but config.dataset="
+                        f"{config.dataset!r}; pass --config.dataset={info.name}")
+  return info
+
+
 def make_setup(config: ml_collections.ConfigDict) -> Setup:
-  if config.augment.mode not in ("points", "range", "none"):
-    raise TrainingError(f"augment.mode={config.augment.mode!r}: use points, range or none")
-  info = datasets.get_info(config.dataset)
+  check_choices(config)
   builder = input_pipeline.load_builder(config.data_dir)
+  info = dataset_info(config)
   stats = input_pipeline.load_stats(config.data_dir)
   num_train = input_pipeline.num_examples(builder, config.train_split)
   steps_per_epoch = input_pipeline.steps_per_epoch(num_train, config)
@@ -118,9 +152,26 @@ def compile_train_step(setup: Setup):
                                      setup.derived, setup.mesh)
 
 
+def compile_diagnostics_step(setup: Setup):
+  """The gradient-ratio and bank-drift program, or None when the run has no diagnostics."""
+  contrast = setup.config.contrast
+  if not (contrast.enabled and contrast.diagnostics):
+    return None
+  return programs.compile_diagnostics_step(setup.model,
+                                           ml_collections.FrozenConfigDict(setup.config),
+                                           setup.derived, setup.mesh)
+
+
+def gradient_diagnostics_due(setup: Setup, step: int) -> bool:
+  """Whether step `step` (from 1) is a logging step of the contrast phase."""
+  every = setup.config.log_every_steps
+  return every > 0 and step % every == 0 and step > setup.derived.contrast_warmup_steps
+
+
 def compile_eval_step(setup: Setup):
   return programs.compile_eval_step(setup.model, setup.derived, setup.mesh,
-                                    knn=setup.config.eval.knn)
+                                    knn=setup.config.eval.knn,
+                                    oracle_ignore_mask=setup.config.oracle_ignore_mask)
 
 
 def evaluate(setup: Setup, state: ts.TrainState, p_eval, split: str | None = None,
@@ -160,6 +211,20 @@ def _report(setup: Setup, results: dict[str, Any], workdir: str, writer) -> None
   reporting.report_evaluation(setup.info, results, workdir, writer)
 
 
+def _train_step(setup: Setup, compiled: tuple[Any, Any], state: ts.TrainState,
+                batch: dict[str, np.ndarray], step: int) -> tuple[ts.TrainState, dict]:
+  """Step `step` (from 1) on a host batch, with the gradient diagnostics on their steps."""
+  p_train, p_diagnostics = compiled
+  batch = programs.to_global(batch, setup.mesh)
+  measured = {}
+  if p_diagnostics is not None and gradient_diagnostics_due(setup, step):
+    measured = p_diagnostics(state, batch)  # Before the step, which donates the state.
+  state, logged = p_train(state, batch)
+  if measured:
+    logged["diagnostics"].update(measured)
+  return state, logged
+
+
 def _is_due(step: int, every: int, total: int) -> bool:
   return step == total or (every > 0 and step % every == 0)
 
@@ -174,7 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   setup = make_setup(config)
   if jax.process_index() == 0:
     checkpoints.check_or_save_config(workdir, config)
-    reporting.write_data_info(workdir, setup.info.name, setup.derived)
+    reporting.write_data_info(workdir, setup.info.name, setup.derived, setup.info)
   ckpt = checkpoints.Checkpoints(workdir, config.keep_checkpoints)
   state = ckpt.restore(abstract_state(setup))
   if state is None:
@@ -185,22 +250,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
   p_train, p_eval = compile_train_step(setup), compile_eval_step(setup)
+  p_diagnostics = compile_diagnostics_step(setup)
   batches = input_pipeline.train_iterator(setup.builder, config, start, setup.steps_per_epoch)
   progress = reporting.Progress(start, setup.total_steps, config.batch_size)
   pending, results, last_saved = [], None, ckpt.latest.latest_step()
+  diagnostics = {}  # The last logged value of each training diagnostic, for results.json.
   for step in range(start + 1, setup.total_steps + 1):
-    state, logged = p_train(state, programs.to_global(next(batches), setup.mesh))
+    state, logged = _train_step(setup, (p_train, p_diagnostics), state, next(batches), step)
     pending.append(logged)
     save = _is_due(step, config.checkpoint_every_steps, setup.total_steps)
     run_eval = _is_due(step, config.eval_every_steps, setup.total_steps)
     if save or run_eval or _is_due(step, config.log_every_steps, setup.total_steps):
-      reporting.flush_metrics(pending, step, writer, progress, last_saved)
+      diagnostics.update(reporting.flush_metrics(pending, step, writer, progress, last_saved))
     with progress.paused():
       if save:
         ckpt.save(step, state)
         last_saved = step
       if run_eval:
         results = evaluate(setup, state, p_eval, picture_fn=_pictures(setup, writer, step))
+        if diagnostics:
+          results["contrast"] = dict(diagnostics)
         _report(setup, results, workdir, writer)
         ckpt.save_if_best(step, state, results["miou"])
     if stop_after_step is not None and step >= stop_after_step:

@@ -6,6 +6,11 @@ examples; the main process writes them in order, shard by shard, each under a te
 is renamed once complete, after its statistics are saved next to it (`.data_prep/`). A rerun skips
 shards whose final file exists and converts the others; a different configuration or input in
 the same output directory is refused rather than mixed.
+
+Weak labels are drawn per scan (coarse3d_jax.data.weak_labels), or read from per-scan files
+(`Settings.weak_labels`, coarse3d_jax.data.weak_label_files), and can be written out as such
+files too (`Settings.write_weak_labels`), by the worker that converts the scan, before its
+shard is committed.
 """
 import dataclasses
 import hashlib
@@ -19,10 +24,12 @@ from typing import Any, Iterator
 import numpy as np
 
 from coarse3d_jax import files
+from coarse3d_jax.data import dataset_config
 from coarse3d_jax.data import datasets
 from coarse3d_jax.data import pixels
 from coarse3d_jax.data import projection
 from coarse3d_jax.data import readers
+from coarse3d_jax.data import weak_label_files
 from coarse3d_jax.data import weak_labels
 from coarse3d_jax.data.errors import DataError
 from data_prep import writer
@@ -32,12 +39,24 @@ STATE_DIR = ".data_prep"
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """What a scan's conversion depends on (besides the scan)."""
+  """What a scan's conversion depends on (besides the scan).
+
+  Weak labels are drawn (label_ratio, protocol, voxel_size, seed) unless `weak_labels` names the
+  folder of weak-label files to read instead (then those four are None).
+  """
   dataset: str
-  label_ratio: float = 0.001
-  protocol: str = "voxel"
-  voxel_size: float = 0.06
-  seed: int = 0
+  label_ratio: float | None = 0.001
+  protocol: str | None = "voxel"
+  voxel_size: float | None = 0.06
+  seed: int | None = 0
+  weak_labels: str | None = None  # Folder sequences/NN/<weak_labels>/ of files to read.
+  weak_labels_format: str = "auto"  # weak_label_files.FORMATS.
+  weak_labels_root: str | None = None  # Where those folders live; None: the raw dataset.
+  write_weak_labels: str | None = None  # Also write every scan's weak labels to this folder.
+  info: datasets.DatasetInfo | None = None  # A custom dataset's description (else the table).
+
+  def dataset_info(self) -> datasets.DatasetInfo:
+    return self.info if self.info is not None else datasets.get_info(self.dataset)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,33 +66,64 @@ class Shard:
   num_shards: int
   refs: tuple[readers.ScanRef, ...]
   labeled: bool
+  weak: bool = True  # Labeled scans get weak labels (not in a split without weak-label files).
 
 
 # ----------------------------------------------------------------------------- one scan
-def convert_scan(settings: Settings, ref: readers.ScanRef,
-                 labeled: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+def scan_weak_labels(settings: Settings, info: datasets.DatasetInfo, ref: readers.ScanRef,
+                     points: np.ndarray, label: np.ndarray, keep: np.ndarray) -> np.ndarray:
+  """Weak labels (M,) uint8 of the M kept points: read from the scan's file, or drawn.
+
+  Args:
+    points: (M, 4) kept points; label: (M,) their learning ids; keep: (N,) bool over the file.
+  """
+  if settings.weak_labels:
+    path = weak_label_files.find(ref, settings.weak_labels, settings.weak_labels_format,
+                                 settings.weak_labels_root)
+    return weak_label_files.read(info, path, len(keep), ref.points_path)[keep]
+  if not len(points):
+    return np.zeros_like(label)
+  rng = weak_labels.scan_rng(settings.seed, settings.dataset, ref.scan_id)
+  return weak_labels.weak_labels(settings.protocol, points[:, :3], label, settings.label_ratio,
+                                 settings.voxel_size, rng)
+
+
+def write_weak_label_file(settings: Settings, info: datasets.DatasetInfo, ref: readers.ScanRef,
+                          weak: np.ndarray, keep: np.ndarray) -> None:
+  """The `.label` file of the weak labels (M,) of the kept points: one entry per point of the
+  scan file, 0 on the dropped ones, so that reading it back gives the same weak labels."""
+  full = np.zeros(len(keep), np.uint8)
+  full[keep] = weak
+  folder = weak_label_files.sequence_dir(ref, settings.write_weak_labels,
+                                         settings.weak_labels_root)
+  weak_label_files.write(info, folder / f"{ref.frame}.label", full)
+
+
+def convert_scan(settings: Settings, ref: readers.ScanRef, labeled: bool,
+                 has_weak: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
   """One scan -> (TFRecord example, additive statistics).
 
-  Points with non-finite coordinates or at the origin are dropped (and counted); all arrays
-  of the example refer to the kept points, in file order.
+  Points with non-finite coordinates or at the origin are dropped (and counted) with their
+  labels and weak labels; all arrays of the example refer to the kept points, in file order.
+  `has_weak`: False for a labeled scan that gets no weak labels (no weak-label file).
   """
-  info = datasets.get_info(settings.dataset)
-  points = readers.read_points(settings.dataset, ref)
+  info = settings.dataset_info()
+  points = readers.read_points(info, ref)
   if labeled:
-    raw = readers.read_labels(settings.dataset, ref, len(points))
+    raw = readers.read_labels(info, ref, len(points))
     label = datasets.map_labels(info, raw, source=str(ref.label_path))
   else:
     label = np.zeros(len(points), np.uint8)
   keep = pixels.projectable(points)
-  row, col, depth = pixels.scan_pixels(settings.dataset, ref, points, keep, info.geometry)
+  row, col, depth = pixels.scan_pixels(info, ref, points, keep, info.geometry)
   dropped = len(points) - len(row)
   if dropped:
     points, label = points[keep], label[keep]
   weak = np.zeros_like(label)
-  if labeled and len(points):
-    rng = weak_labels.scan_rng(settings.seed, settings.dataset, ref.scan_id)
-    weak = weak_labels.weak_labels(settings.protocol, points[:, :3], label,
-                                   settings.label_ratio, settings.voxel_size, rng)
+  if labeled and has_weak:
+    weak = scan_weak_labels(settings, info, ref, points, label, keep)
+    if settings.write_weak_labels:
+      write_weak_label_file(settings, info, ref, weak, keep)
   image, winner = projection.range_image_np(points, row, col, depth, info.height, info.width)
   example = {
       "scan_id": ref.scan_id, "range_image": image,
@@ -102,15 +152,15 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(settings: Settings) -> None:
-  info = datasets.get_info(settings.dataset)
+  info = settings.dataset_info()
   _WORKER["settings"] = settings
   _WORKER["encode"] = writer.ExampleEncoder(info.height, info.width)
 
 
-def _work(task: tuple[readers.ScanRef, bool]) -> tuple[bytes, dict[str, Any]]:
+def _work(task: tuple[readers.ScanRef, bool, bool]) -> tuple[bytes, dict[str, Any]]:
   """Worker entry point: a scan -> (serialized example, statistics)."""
-  ref, labeled = task
-  example, stats = convert_scan(_WORKER["settings"], ref, labeled)
+  ref, labeled, has_weak = task
+  example, stats = convert_scan(_WORKER["settings"], ref, labeled, has_weak)
   return _WORKER["encode"](example), stats
 
 
@@ -129,23 +179,44 @@ def _results(settings: Settings, tasks: list, workers: int) -> Iterator:
 
 
 # ----------------------------------------------------------------------------- planning
-def plan_shards(splits: dict[str, list[readers.ScanRef]], shard_size: int) -> list[Shard]:
-  """Deterministic shards: consecutive runs of `shard_size` sorted scans per split."""
+def plan_shards(splits: dict[str, list[readers.ScanRef]], shard_size: int,
+                without_weak: frozenset[str] = frozenset()) -> list[Shard]:
+  """Deterministic shards: consecutive runs of `shard_size` sorted scans per split.
+
+  `without_weak`: labeled splits whose scans get no weak labels.
+  """
   shards = []
   for split, refs in splits.items():
     num = -(-len(refs) // shard_size)
     shards += [Shard(split, i, num, tuple(refs[i * shard_size:(i + 1) * shard_size]),
-                     labeled=split != "test") for i in range(num)]
+                     labeled=split != "test", weak=split not in without_weak)
+               for i in range(num)]
   return shards
 
 
-def fingerprint(settings: Settings, shard_size: int, splits: dict[str, list]) -> dict[str, Any]:
+def _settings_record(settings: Settings) -> dict[str, Any]:
+  """The settings as JSON: the weak-label file options only when used (so that directories
+  converted before they existed still resume), a custom dataset's whole description."""
+  record = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
+            if f.name != "info" and (f.name in ("dataset", "label_ratio", "protocol",
+                                                "voxel_size", "seed")
+                                     or getattr(settings, f.name) != f.default)}
+  if settings.info is not None:
+    record["dataset_description"] = dataset_config.to_dict(settings.info)
+  return record
+
+
+def fingerprint(settings: Settings, shard_size: int, splits: dict[str, list],
+                without_weak: frozenset[str] = frozenset()) -> dict[str, Any]:
   """What must match for a rerun to reuse the shards of an output directory."""
   ids = {s: hashlib.sha256("\n".join(r.scan_id for r in refs).encode()).hexdigest()[:16]
          for s, refs in splits.items()}
-  return {**dataclasses.asdict(settings), "shard_size": shard_size,
-          "splits": {s: {"num_scans": len(refs), "scan_ids_sha256": ids[s]}
-                     for s, refs in splits.items()}}
+  record = {**_settings_record(settings), "shard_size": shard_size,
+            "splits": {s: {"num_scans": len(refs), "scan_ids_sha256": ids[s]}
+                       for s, refs in splits.items()}}
+  if without_weak:
+    record["splits_without_weak_labels"] = sorted(without_weak)
+  return record
 
 
 def prepare_out_dir(out_dir: pathlib.Path, config: dict[str, Any]) -> pathlib.Path:
@@ -216,22 +287,26 @@ def _duration(seconds: float) -> str:
 
 
 # ----------------------------------------------------------------------------- orchestration
-def resolve_splits(dataset: str, raw_dir, split_sequences: dict[str, list[str]] | None = None
+def resolve_splits(dataset: readers.Dataset, raw_dir,
+                   split_sequences: dict[str, list[str]] | None = None
                    ) -> dict[str, list[readers.ScanRef]]:
   """Split name -> scans: the given sequences per split, else the official splits.
 
   The official test split is left out when none of its sequences is present. Every split must
   have scans, and every split but 'test' must have labels.
   """
+  info = datasets.resolve(dataset)
   if split_sequences:
-    splits = {name: readers.list_scans(dataset, raw_dir, sequences=seqs)
+    splits = {name: readers.list_scans(info, raw_dir, sequences=seqs)
               for name, seqs in split_sequences.items()}
   else:
+    if not info.splits:
+      raise DataError(f"{info.name} has no official splits: name them with "
+                      "--split NAME=SEQ[,SEQ...] (or add splits: to its dataset config)")
     try:
-      splits = {name: readers.list_scans(dataset, raw_dir, split=name)
-                for name in datasets.get_info(dataset).splits}
+      splits = {name: readers.list_scans(info, raw_dir, split=name) for name in info.splits}
     except DataError as e:
-      raise DataError(f"{e}; the official {dataset} splits need it (convert other sequences "
+      raise DataError(f"{e}; the official {info.name} splits need it (convert other sequences "
                       "with --split NAME=SEQ,...)") from None
     if not splits.get("test", True):
       del splits["test"]
@@ -253,16 +328,44 @@ def _check_labeled(split: str, refs: list[readers.ScanRef]) -> None:
                       "unlabeled)")
 
 
+def splits_without_weak_files(settings: Settings, splits: dict[str, list[readers.ScanRef]]
+                              ) -> frozenset[str]:
+  """Labeled splits none of whose sequences has the weak-label folder: they get no weak labels
+  (ScribbleKITTI has scribbles for the training sequences only).
+
+  Raises:
+    DataError: a split where some sequences have the folder and others not, or no split with it.
+  """
+  without, first_missing = set(), None
+  for name, refs in splits.items():
+    if name == "test":
+      continue
+    folders = {ref.sequence: weak_label_files.sequence_dir(ref, settings.weak_labels,
+                                                           settings.weak_labels_root)
+               for ref in refs}
+    missing = [folder for folder in folders.values() if not folder.is_dir()]
+    if len(missing) == len(folders):
+      without.add(name)
+      first_missing = first_missing or missing[0]
+    elif missing:
+      raise DataError(f"{missing[0]}: missing weak-label folder (other sequences of split "
+                      f"{name!r} have one)")
+  if first_missing is not None and without == set(splits) - {"test"}:
+    raise DataError(f"{first_missing}: missing weak-label folder (no labeled split has "
+                    f"{settings.weak_labels}/ folders)")
+  return frozenset(without)
+
+
 def _write_shards(settings: Settings, out_dir: pathlib.Path, state: pathlib.Path,
                   pending: list[Shard], workers: int, log) -> None:
-  tasks = [(ref, shard.labeled) for shard in pending for ref in shard.refs]
+  tasks = [(ref, shard.labeled, shard.weak) for shard in pending for ref in shard.refs]
   progress = Progress(len(tasks), stream=log)
   results = _results(settings, tasks, workers)
   try:
     for shard in pending:
       shard_writer = writer.ShardWriter(_shard_path(out_dir, settings.dataset, shard))
       try:
-        stats = writer.empty_stats(datasets.get_info(settings.dataset).num_classes)
+        stats = writer.empty_stats(settings.dataset_info().num_classes)
         for ref, (record, scan_stats) in zip(shard.refs, results):
           shard_writer.write(record)
           stats = writer.add_stats(stats, scan_stats)
@@ -282,8 +385,8 @@ def _write_shards(settings: Settings, out_dir: pathlib.Path, state: pathlib.Path
 
 def _finish(settings: Settings, out_dir: pathlib.Path, state: pathlib.Path,
             shards: list[Shard]) -> dict[str, Any]:
-  """Merges shard statistics into stats.json and writes the TFDS metadata."""
-  info = datasets.get_info(settings.dataset)
+  """Merges shard statistics into stats.json, writes the TFDS metadata and dataset.json."""
+  info = settings.dataset_info()
   totals, lengths, sizes = {}, {}, {}
   for shard in shards:
     part = writer.stats_from_json(json.loads(_stats_path(state, shard).read_text()))
@@ -296,16 +399,24 @@ def _finish(settings: Settings, out_dir: pathlib.Path, state: pathlib.Path,
       r.tag_path is not None for s in shards for r in s.refs)
   stats = {"dataset": settings.dataset, "label_ratio": settings.label_ratio,
            "protocol": settings.protocol, "voxel_size": settings.voxel_size,
-           "seed": settings.seed, "height": info.height, "width": info.width,
+           "seed": settings.seed, "weak_labels": settings.weak_labels,
+           "height": info.height, "width": info.width,
            "projection": "tag" if poss_tags else "spherical",
            "splits": {s: writer.finalize_stats(t) for s, t in totals.items()}}
   writer.write_tfds_metadata(
       out_dir, writer.features(info.height, info.width), lengths, sizes,
-      description=f"{settings.dataset} range images from python -m data_prep, label ratio "
-                  f"{settings.label_ratio} ({settings.protocol} protocol, voxel "
-                  f"{settings.voxel_size} m, seed {settings.seed})")
+      description=f"{settings.dataset} range images from python -m data_prep, "
+                  f"{_weak_source(settings)}")
+  dataset_config.write_description(out_dir, info)
   files.atomic_write_json(out_dir / writer.STATS_FILE, stats, indent=1)
   return stats
+
+
+def _weak_source(settings: Settings) -> str:
+  if settings.weak_labels:
+    return f"weak labels read from the {settings.weak_labels}/ files"
+  return (f"label ratio {settings.label_ratio} ({settings.protocol} protocol, voxel "
+          f"{settings.voxel_size} m, seed {settings.seed})")
 
 
 def run(settings: Settings, raw_dir, out_dir, split_sequences=None, workers: int = 1,
@@ -318,9 +429,15 @@ def run(settings: Settings, raw_dir, out_dir, split_sequences=None, workers: int
   log = log or sys.stderr
   start = time.monotonic()
   out_dir = pathlib.Path(out_dir)
-  splits = resolve_splits(settings.dataset, raw_dir, split_sequences)
-  state = prepare_out_dir(out_dir, fingerprint(settings, shard_size, splits))
-  shards = plan_shards(splits, shard_size)
+  splits = resolve_splits(settings.dataset_info(), raw_dir, split_sequences)
+  without_weak = frozenset()
+  if settings.weak_labels:
+    without_weak = splits_without_weak_files(settings, splits)
+    for name in sorted(without_weak):
+      print(f"data_prep: split {name!r} has no {settings.weak_labels}/ folders: its scans get no "
+            "weak labels (evaluation uses the full labels)", file=log)
+  state = prepare_out_dir(out_dir, fingerprint(settings, shard_size, splits, without_weak))
+  shards = plan_shards(splits, shard_size, without_weak)
   pending = [s for s in shards if not shard_done(out_dir, state, settings.dataset, s)]
   print(f"data_prep: {settings.dataset} {', '.join(f'{k}={len(v)}' for k, v in splits.items())}"
         f" scans, {len(pending)}/{len(shards)} shards to write, {workers} worker(s)", file=log)

@@ -1,4 +1,6 @@
 """RangeNet++ KNN post-processing: a hand-made scene and a plain numpy reimplementation."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -96,3 +98,15 @@ def test_inverse_gaussian_weights():
   total = sum(np.exp(-(dy * dy + dx * dx) / 2) for dy in range(-2, 3) for dx in range(-2, 3))
   assert weights[2, 2] == pytest.approx(1 - 1 / total, rel=1e-6)
   assert weights[0, 0] == pytest.approx(1 - np.exp(-4) / total, rel=1e-6)
+
+
+def test_smallest_k_is_top_k_of_the_negated_distances():
+  """Same values and indices as lax.top_k(-d), ties (lower index first) and inf included."""
+  rng = np.random.default_rng(3)
+  d = rng.integers(0, 4, (6, 50, 25)).astype(np.float32) / 4  # Many ties.
+  d[d == 0.75] = np.inf
+  d[0, 0] = np.inf  # A point without any finite neighbour.
+  neg, want = jax.lax.top_k(-jnp.asarray(d), 5)
+  got_values, got = knn._smallest(jnp.asarray(d), 5)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  np.testing.assert_array_equal(np.asarray(got_values), -np.asarray(neg))

@@ -53,7 +53,7 @@ import types
 import numpy as np
 from coarse3d_jax import (augment, knn, losses, metrics, models, programs, prototypes,
                           sampling, settings, train_step, inference)
-from benchmarks import common
+from benchmarks import common, gpu_check
 args = types.SimpleNamespace(model="salsanext", model_width=0.125, dtype="float32", batch=4,
                              height=16, width=64, label_fraction=0.05)
 step, state, batch, _ = common.build("coarse3d", args)

@@ -97,6 +97,25 @@ def test_tiny_run_learns_and_writes_results(full_run):
   ckpt = checkpoints.Checkpoints(workdir)
   assert ckpt.latest.all_steps() == [6, 9, 12] and ckpt.best.all_steps() == [12]
   ckpt.close()
+  _check_diagnostics(workdir, saved, contrast)
+
+
+def _check_diagnostics(workdir: str, saved: dict, contrast: list[float]) -> None:
+  """The training diagnostics of the tiny run: every logging step of the contrast phase (steps
+  5-12; none in the warm-up), in range, and their last values in results.json."""
+  values = {name: _tb_scalars(workdir, f"contrast/{name}") for name in (
+      "pseudo_label_precision", "anchor_precision", "bank_update_fraction", "bank_drift",
+      "loss", "grad_ratio")}
+  assert all(len(v) == 8 for v in values.values()), {k: len(v) for k, v in values.items()}
+  np.testing.assert_allclose(values["loss"], contrast[4:], rtol=1e-6)  # Pix2Proto, unweighted.
+  for name in ("pseudo_label_precision", "anchor_precision", "bank_update_fraction"):
+    assert 0 <= min(values[name]) and max(values[name]) <= 1 and max(values[name]) > 0, name
+  # The tiny run's scans are learnable: its anchors are mostly right by the end.
+  assert values["anchor_precision"][-1] > 0.5
+  drift = values["bank_drift"]  # Cosine to the initial bank: 1 before any update, then falls.
+  assert drift[0] < 1 and drift[-1] < drift[0]
+  assert all(0 < r < 10 for r in values["grad_ratio"])
+  assert saved["contrast"] == pytest.approx({k: v[-1] for k, v in values.items()}, rel=1e-6)
 
 
 def test_killed_and_resumed_run_ends_identical(full_run, data_dir, tmp_path):
@@ -191,7 +210,10 @@ def test_data_parallel_step_equals_single_device(data_dir, model_name, grad_rel)
     warm = setup.derived.contrast_warmup_steps  # Start with the contrastive part on.
     state = train.initial_state(setup)
     state = state.replace(step=jax.device_put(jax.numpy.int32(warm), state.step.sharding))
-    state, metrics = train.compile_train_step(setup)(state, programs.to_global(batch, setup.mesh))
+    global_batch = programs.to_global(batch, setup.mesh)
+    measured = train.compile_diagnostics_step(setup)(state, global_batch)
+    state, metrics = train.compile_train_step(setup)(state, global_batch)
+    metrics["diagnostics"].update(measured)
     outputs.append(jax.device_get((state, metrics)))
   (one, m1), (four, m4) = outputs
   assert float(m1["num_anchors"]) > 0 and float(m1["contrast"]) > 0
@@ -200,6 +222,16 @@ def test_data_parallel_step_equals_single_device(data_dir, model_name, grad_rel)
                              rtol=1e-6)
   for key in ("loss", "focal", "lovasz", "contrast", "num_anchors", "num_labeled"):
     np.testing.assert_allclose(m4[key], m1[key], rtol=2e-6, err_msg=key)
+  # The training diagnostics are global too.
+  assert set(m1["diagnostics"]) == {"loss", "pseudo_label_precision", "anchor_precision",
+                                    "bank_update_fraction", "bank_drift", "grad_ratio"}
+  for name, value in m1["diagnostics"].items():
+    assert value[1] > 0, name
+    np.testing.assert_allclose(m4["diagnostics"][name], value, err_msg=name,
+                               rtol=grad_rel if name == "grad_ratio" else 1e-5)
+  # RangeNet-21's projection head reads detached skips (as the reference's): the contrastive
+  # term trains the head only, never the encoder.
+  assert (m1["diagnostics"]["grad_ratio"][0] == 0) == (model_name == "rangenet21")
   np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=grad_rel, err_msg="grad_norm")
   _assert_trees_close(four.opt_state, one.opt_state, grad_rel, "gradients (Adam moments)")
   _assert_trees_close(four.batch_stats, one.batch_stats, 1e-5, "batch_stats")

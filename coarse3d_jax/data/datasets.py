@@ -5,6 +5,7 @@ SemanticPOSS from COARSE3D's `semantic-poss.yaml` and its training config (split
 mean/std); nuScenes-lidarseg from the nuscenes-devkit `LidarsegClassMapper` (general ->
 challenge classes, challenge colors) and COARSE3D's `config_nuscenes.yaml` (sensor, mean/std).
 Official color maps of KITTI and POSS are BGR; `colors_rgb` holds them converted to RGB.
+Datasets described by a YAML file (custom sensors) are read by `dataset_config`.
 """
 from collections.abc import Mapping, Sequence
 import dataclasses
@@ -34,6 +35,11 @@ class DatasetInfo:
     mean, std: (5,) float32 channel statistics of (range, x, y, z, remission).
     splits: split name -> sequence names (nuScenes: the devkit split name itself).
     raw_known: (R,) bool, raw ids that the learning map defines.
+    point_format: SemanticKITTI layout point files: 'bin' (float32 x, y, z, remission) or 'npy'
+      ((N, 4) floats).
+    label_format: label files: 'label' (uint32, semantic id in the low 16 bits) or 'npy' ((N,)
+      integer raw ids).
+  Custom datasets (`dataset_config`) may leave mean and std unknown: NaN.
   """
   name: str
   class_names: tuple[str, ...]
@@ -51,6 +57,8 @@ class DatasetInfo:
   std: np.ndarray
   splits: Mapping[str, tuple[str, ...]]
   raw_known: np.ndarray
+  point_format: str = "bin"
+  label_format: str = "label"
 
   @property
   def num_classes(self) -> int:
@@ -69,9 +77,10 @@ def _frozen(array: np.ndarray) -> np.ndarray:
   return array
 
 
-def _build(name: str, raw_to_learning: Mapping[int, int], inverse: Sequence[int],
-           class_names: Sequence[str], colors_rgb: Sequence[Sequence[int]], sensor: dict,
-           splits: Mapping[str, Sequence[str]], absent: Sequence[str] = ()) -> DatasetInfo:
+def build(name: str, raw_to_learning: Mapping[int, int], inverse: Sequence[int],
+          class_names: Sequence[str], colors_rgb: Sequence[Sequence[int]], sensor: dict,
+          splits: Mapping[str, Sequence[str]], absent: Sequence[str] = (),
+          point_format: str = "bin", label_format: str = "label") -> DatasetInfo:
   """Assembles a DatasetInfo from the yaml-like dictionaries.
 
   `absent` names classes the data never contains; like class 0 they are left out of the metric.
@@ -92,7 +101,8 @@ def _build(name: str, raw_to_learning: Mapping[int, int], inverse: Sequence[int]
       colors_rgb=_frozen(np.asarray(colors_rgb, np.uint8)),
       splits={k: tuple(v) for k, v in splits.items()}, raw_known=_frozen(raw_known),
       mean=_frozen(np.asarray(sensor.pop("mean"), np.float32)),
-      std=_frozen(np.asarray(sensor.pop("std"), np.float32)), **sensor)
+      std=_frozen(np.asarray(sensor.pop("std"), np.float32)), point_format=point_format,
+      label_format=label_format, **sensor)
 
 
 def _seqs(*numbers: int) -> tuple[str, ...]:
@@ -192,14 +202,14 @@ def _bgr_to_rgb(colors):
 
 def _make_all() -> dict[str, DatasetInfo]:
   nusc_map, nusc_inv = _nuscenes_maps()
-  kitti = lambda name, splits, absent=(): _build(
+  kitti = lambda name, splits, absent=(): build(
       name, _KITTI_MAP, _KITTI_INV, _KITTI_NAMES, _bgr_to_rgb(_KITTI_BGR), dict(_KITTI_SENSOR),
       splits, absent)
   return {
       "semantickitti": kitti("semantickitti", _KITTI_SPLITS),
-      "semanticposs": _build("semanticposs", _POSS_MAP, _POSS_INV, _POSS_NAMES,
+      "semanticposs": build("semanticposs", _POSS_MAP, _POSS_INV, _POSS_NAMES,
                              _bgr_to_rgb(_POSS_BGR), dict(_POSS_SENSOR), _POSS_SPLITS),
-      "nuscenes": _build("nuscenes", nusc_map, nusc_inv, _NUSC_NAMES, _NUSC_RGB,
+      "nuscenes": build("nuscenes", nusc_map, nusc_inv, _NUSC_NAMES, _NUSC_RGB,
                          dict(_NUSC_SENSOR), _NUSC_SPLITS),
       "synthetic": kitti("synthetic", _SYNTHETIC_SPLITS, _SYNTHETIC_ABSENT),
   }
@@ -214,6 +224,15 @@ def get_info(name: str) -> DatasetInfo:
   if name not in _INFOS:
     raise ValueError(f"unknown dataset {name!r}; known: {', '.join(NAMES)}")
   return _INFOS[name]
+
+
+def resolve(dataset: "str | DatasetInfo") -> DatasetInfo:
+  """A DatasetInfo as given (a custom dataset's), or the built-in one of that name."""
+  return dataset if isinstance(dataset, DatasetInfo) else get_info(dataset)
+
+
+def name_of(dataset: "str | DatasetInfo") -> str:
+  return dataset.name if isinstance(dataset, DatasetInfo) else dataset
 
 
 def map_labels(info: DatasetInfo, raw: np.ndarray, source: str | None = None) -> np.ndarray:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from coarse3d_jax.data import datasets
 from coarse3d_jax.data import projection
 from coarse3d_jax.data import readers
 
@@ -23,12 +24,14 @@ def projectable(points: np.ndarray) -> np.ndarray:
   return all_finite & ((x != 0) | (y != 0) | (z != 0))
 
 
-def scan_pixels(dataset: str, ref: readers.ScanRef, points: np.ndarray, keep: np.ndarray,
-                geometry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def scan_pixels(dataset: readers.Dataset, ref: readers.ScanRef, points: np.ndarray,
+                keep: np.ndarray, geometry: dict[str, Any]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Pixel and depth of every kept point.
 
   Args:
-    dataset: dataset name; ref: the scan (SemanticPOSS .tag files are found through it).
+    dataset: dataset name or description; ref: the scan (SemanticPOSS .tag files are found
+      through it).
     points: (N, 4) the stored scan; keep: (N,) bool, the points to place (`projectable`).
     geometry: height, width, fov_up, fov_down, fov_left, fov_right of the range image.
   Returns:
@@ -38,7 +41,7 @@ def scan_pixels(dataset: str, ref: readers.ScanRef, points: np.ndarray, keep: np
   """
   kept = points if keep.all() else points[keep]
   tags = None
-  if dataset == "semanticposs":
+  if datasets.name_of(dataset) == "semanticposs":
     tags = readers.read_tag_pixels(ref, len(points), geometry["height"], geometry["width"])
   if tags is None:
     return projection.project_np(kept[:, :3], **geometry)

@@ -1,7 +1,9 @@
 """Raw scan readers: SemanticKITTI layout (also SemanticPOSS and synthetic) and nuScenes-lidarseg.
 
 SemanticKITTI layout: `RAW/sequences/NN/velodyne/NNNNNN.bin` (float32 x, y, z, remission),
-`labels/NNNNNN.label` (uint32, semantic id in the low 16 bits). SemanticPOSS adds
+`labels/NNNNNN.label` (uint32, semantic id in the low 16 bits); a custom dataset
+(`dataset_config`) may store `.npy` points ((N, 4) floats) and `.npy` labels ((N,) integer raw
+ids) instead. SemanticPOSS adds
 `tag/NNNNNN.tag`: one byte per pixel of the sensor's 40 x 1800 raster, true where a point exists;
 the scan stores its points in row-major order of those pixels, so the tags give every point its
 own pixel (the COARSE3D POSS loader builds its range images that way).
@@ -25,7 +27,6 @@ import numpy as np
 from coarse3d_jax.data import datasets
 from coarse3d_jax.data.errors import DataError
 
-KITTI_LAYOUT = ("semantickitti", "semanticposs", "synthetic")
 NUSCENES_VAL_RANGES = (
     (3, 3), (12, 18), (35, 36), (38, 39), (92, 110), (221, 221), (268, 278), (329, 332),
     (344, 346), (519, 524), (552, 565), (625, 627), (629, 630), (632, 638), (770, 771),
@@ -47,25 +48,23 @@ class ScanRef:
   tag_path: pathlib.Path | None = None
 
 
-def _check_dataset(dataset: str) -> None:
-  if dataset not in KITTI_LAYOUT + ("nuscenes",):
-    raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(datasets.NAMES)}")
+Dataset = str | datasets.DatasetInfo  # A built-in name, or a (custom) dataset's description.
 
 
-def list_scans(dataset: str, raw_dir, split: str | None = None,
+def list_scans(dataset: Dataset, raw_dir, split: str | None = None,
                sequences=None) -> list[ScanRef]:
   """The scans of `sequences` (names), else of the official `split`, else of every sequence.
 
   The official test split lists only the sequences (scenes) present; any other missing
   sequence is a DataError. Scans are sorted by sequence, then frame.
   """
-  _check_dataset(dataset)
+  info = datasets.resolve(dataset)
   raw_dir = pathlib.Path(raw_dir)
   if not raw_dir.is_dir():
     raise DataError(f"{raw_dir}: raw data directory does not exist")
-  if dataset == "nuscenes":
+  if info.name == "nuscenes":
     return _list_nuscenes(raw_dir, split, sequences)
-  return _list_kitti(dataset, raw_dir, split, sequences)
+  return _list_kitti(info, raw_dir, split, sequences)
 
 
 # ----------------------------------------------------------------------------- KITTI layout
@@ -74,16 +73,17 @@ def sequences_root(raw_dir: pathlib.Path) -> pathlib.Path:
   return raw_dir if raw_dir.name == "sequences" else raw_dir / "sequences"
 
 
-def _list_kitti(dataset: str, raw_dir: pathlib.Path, split, sequences) -> list[ScanRef]:
+def _list_kitti(info: datasets.DatasetInfo, raw_dir: pathlib.Path, split,
+                sequences) -> list[ScanRef]:
   root = sequences_root(raw_dir)
   if not root.is_dir():
     raise DataError(f"{root}: missing directory (expected the SemanticKITTI layout "
                     "sequences/NN/velodyne/*.bin)")
   optional = False
   if sequences is None and split is not None:
-    splits = datasets.get_info(dataset).splits
+    splits = info.splits
     if split not in splits:
-      raise DataError(f"{dataset} has no official split {split!r} (has {sorted(splits)}); "
+      raise DataError(f"{info.name} has no official split {split!r} (has {sorted(splits)}); "
                       "name its sequences with --split NAME=SEQ,...")
     sequences, optional = splits[split], split == "test"
   elif sequences is None:
@@ -92,21 +92,22 @@ def _list_kitti(dataset: str, raw_dir: pathlib.Path, split, sequences) -> list[S
   for seq in sequences:
     if optional and not (root / seq / "velodyne").is_dir():
       continue
-    refs.extend(_sequence_scans(root, str(seq)))
+    refs.extend(_sequence_scans(root, str(seq), info))
   return refs
 
 
-def _sequence_scans(root: pathlib.Path, seq: str) -> list[ScanRef]:
+def _sequence_scans(root: pathlib.Path, seq: str, info: datasets.DatasetInfo) -> list[ScanRef]:
   velodyne = root / seq / "velodyne"
   if not velodyne.is_dir():
     raise DataError(f"{velodyne}: missing directory (sequence {seq})")
   labels, tags = root / seq / "labels", root / seq / "tag"
+  label_suffix = ".npy" if info.label_format == "npy" else ".label"
   refs = []
-  for path in sorted(velodyne.glob("*.bin")):
+  for path in sorted(velodyne.glob(f"*.{info.point_format}")):
     frame = path.stem
     refs.append(ScanRef(
         scan_id=f"{seq}/{frame}", points_path=path, sequence=seq, frame=frame,
-        label_path=labels / f"{frame}.label" if labels.is_dir() else None,
+        label_path=labels / f"{frame}{label_suffix}" if labels.is_dir() else None,
         tag_path=tags / f"{frame}.tag" if tags.is_dir() else None))
   return refs
 
@@ -126,19 +127,55 @@ def _read_float_rows(path: pathlib.Path, columns: int) -> np.ndarray:
   return np.fromfile(path, np.float32).reshape(-1, columns)
 
 
-def read_points(dataset: str, ref: ScanRef) -> np.ndarray:
+def load_npy(path: pathlib.Path) -> np.ndarray:
+  """An array saved with np.save (no pickled objects)."""
+  try:
+    return np.load(path, allow_pickle=False)
+  except FileNotFoundError:
+    raise DataError(f"{path}: missing file") from None
+  except (OSError, ValueError, EOFError) as e:
+    raise DataError(f"{path}: not a readable .npy array ({e})") from None
+
+
+def _read_npy_points(path: pathlib.Path) -> np.ndarray:
+  points = load_npy(path)
+  if points.ndim != 2 or points.shape[1] != 4 or points.dtype.kind != "f":
+    raise DataError(f"{path}: {points.dtype}{list(points.shape)}, expected (N, 4) floats "
+                    "(x, y, z, remission)")
+  return np.ascontiguousarray(points, np.float32)
+
+
+def _read_npy_labels(ref: ScanRef, num_points: int) -> np.ndarray:
+  raw = load_npy(ref.label_path)
+  if raw.ndim != 1 or raw.dtype.kind not in "iu":
+    raise DataError(f"{ref.label_path}: {raw.dtype}{list(raw.shape)}, expected (N,) integer "
+                    "raw label ids")
+  if len(raw) != num_points:
+    raise DataError(f"{ref.label_path}: {len(raw)} labels, but {ref.points_path} has "
+                    f"{num_points} points")
+  if raw.size and (raw.min() < 0 or raw.max() > np.iinfo(np.uint32).max):
+    raise DataError(f"{ref.label_path}: raw label ids must lie in 0..2^32-1")
+  return raw.astype(np.uint32)
+
+
+def read_points(dataset: Dataset, ref: ScanRef) -> np.ndarray:
   """(N, 4) float32 x, y, z, remission exactly as stored (non-finite rows kept)."""
-  _check_dataset(dataset)
-  if dataset == "nuscenes":
+  info = datasets.resolve(dataset)
+  if info.name == "nuscenes":
     return np.ascontiguousarray(_read_float_rows(ref.points_path, 5)[:, :4])
+  if info.point_format == "npy":
+    return _read_npy_points(ref.points_path)
   return _read_float_rows(ref.points_path, 4)
 
 
-def read_labels(dataset: str, ref: ScanRef, num_points: int) -> np.ndarray:
+def read_labels(dataset: Dataset, ref: ScanRef, num_points: int) -> np.ndarray:
   """(N,) uint32 raw semantic ids (KITTI layout: low 16 bits; nuScenes: standard index)."""
-  _check_dataset(dataset)
+  info = datasets.resolve(dataset)
   if ref.label_path is None:
     raise DataError(f"{ref.points_path}: no label file (no labels/ directory or lidarseg entry)")
+  if info.label_format == "npy":
+    return _read_npy_labels(ref, num_points)
+  dataset = info.name
   item = 1 if dataset == "nuscenes" else 4
   size = _file_size(ref.label_path)
   if size != item * num_points:

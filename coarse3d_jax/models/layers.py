@@ -169,8 +169,10 @@ def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-12) -> Array:
 
 
 def crop(x: Array, height: int, width: int) -> Array:
-  """Top-left (height, width) window of an NHWC array."""
-  return x[:, :height, :width, :]
+  """Top-left (height, width) window of an NHWC array, as a static slice even when the batch
+  size is symbolic (export_model): jnp indexing would then export a gather, which the TFLite
+  converter cannot read."""
+  return jax.lax.slice_in_dim(jax.lax.slice_in_dim(x, 0, height, axis=1), 0, width, axis=2)
 
 
 def param_count(tree: Any) -> int:

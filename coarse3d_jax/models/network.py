@@ -55,6 +55,9 @@ class RangeNetwork(nn.Module):
   dropout_rate: float | None = None
 
   stride = (1, 1)
+  # Top-level parameter collections of the encoder (the part the classifier and the projection
+  # head share): the training diagnostics compare gradients there.
+  encoder_modules = ()
 
   def pad_input(self, x: Array) -> Array:
     """(B, H, W, 5) -> (B, Hp, Wp, 5) in the compute dtype, zero-padded to `stride`."""

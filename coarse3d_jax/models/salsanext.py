@@ -108,6 +108,9 @@ class SalsaNext(network.RangeNetwork):
   """
 
   stride = (16, 16)
+  # The reference's encoder_module.yaml (what it loads from its ImageNet checkpoint).
+  encoder_modules = ("downCntx", "downCntx2", "downCntx3", "resBlock1", "resBlock2",
+                     "resBlock3", "resBlock4", "resBlock5")
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False,

@@ -111,6 +111,7 @@ class SqueezeSegV3(network.RangeNetwork):
   detach_skips: bool = True
 
   stride = (1, 8)
+  encoder_modules = ("backbone",)
 
   def _head(self, x: Array, kernel: int, name: str, train: bool) -> Array:
     rate = 0.01 if self.dropout_rate is None else self.dropout_rate
