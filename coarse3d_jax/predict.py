@@ -258,12 +258,12 @@ def predict_scans(refs: Sequence[Any], dataset: str, predictor: PredictorLike, o
   """Predicts every scan of `refs` and writes its benchmark file under `out_dir`.
 
   Args:
-    refs: data_prep.readers.ScanRef list.
+    refs: coarse3d_jax.data.readers.ScanRef list.
     dataset: reader name ('semantickitti', 'semanticposs', 'nuscenes', 'synthetic'), or the
       DatasetInfo of a custom dataset.
     predictor: `.info` (DatasetInfo; `info.geometry` is the image geometry) and
       `.predict(images (B, H, W, 5) raw, -1 on empty) -> probs (B, H, W, C)`.
-    out_dir: output root (layouts in coarse3d_jax.export).
+    out_dir: output root (layouts in coarse3d_jax.submission).
     batch_size: B scans per model call (the last batch is padded, so shapes never change).
     knn: False, True (RangeNet++ defaults) or a dict of k/search/sigma/cutoff.
     split: split name (nuScenes output folders; submission.json is written for nuScenes).
