@@ -140,9 +140,12 @@ def planned_runs(budgets: list[str], variants: list[str] | None,
 
 def run_flags(run: Run, steps: int, extra: list[str]) -> list[str]:
   """The config flags of one run: what its record stores and its skip check compares."""
-  # One evaluation, at the end: intermediate ones would only cost time.
+  # One evaluation, at the end: intermediate ones would only cost time. The contrast phase
+  # starts after a quarter of the run, the demo config's rule for training from scratch,
+  # whatever the run length (the config's 3 epochs are a quarter of its own 12).
   return [f"--config.seed={run.seed}", f"--config.num_train_steps={steps}",
-          f"--config.eval_every_steps={steps}", *VARIANTS[run.variant].overrides, *extra]
+          f"--config.eval_every_steps={steps}", f"--config.contrast.warmup_steps={steps // 4}",
+          *VARIANTS[run.variant].overrides, *extra]
 
 
 def train_command(data_dir: str, workdir: str, flags: list[str]) -> list[str]:

@@ -157,7 +157,8 @@ def test_record_round_trip_and_a_recorded_run_is_not_run_again(tmp_path, trainer
   path = tmp_path / "results" / "0.1pct_weak_seed1_1200steps.json"
   record = json.loads(path.read_text())
   assert record["flags"] == ["--config.seed=1", "--config.num_train_steps=1200",
-                             "--config.eval_every_steps=1200", "--config.contrast.enabled=false"]
+                             "--config.eval_every_steps=1200", "--config.contrast.warmup_steps=300",
+                             "--config.contrast.enabled=false"]
   assert (record["miou"], record["per_class_iou"]) == (0.26, {"car": 0.5, "road": 0.75})
   assert record["contrast"] == {"contrast/bank_drift": 0.9}
   assert (record["commit"], record["data"]["val_street"]) == ("abc123", "04")
@@ -253,7 +254,7 @@ def test_dry_run_steps_and_extra_overrides(tmp_path, capsys):
                    "--budgets", "0.1", "--seeds", "7", "--override=--config.contrast.weight=0.2")
   assert len(lines) == 2 and lines[1].endswith(
       "--config.seed=7 --config.num_train_steps=600 --config.eval_every_steps=600 "
-      "--config.oracle_ignore_mask=true --config.contrast.weight=0.2")
+      "--config.contrast.warmup_steps=150 --config.oracle_ignore_mask=true --config.contrast.weight=0.2")
 
 
 def test_a_variant_without_its_data_dir_is_refused(tmp_path, capsys):
