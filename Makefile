@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 DEMO_DATA ?= demo_data
 DEMO_WORKDIR ?= demo_workdir
 PYTEST_ARGS ?=
-# Test processes (pytest-xdist); compile time dominates, so two halve the suite on 2 cores.
+# Test processes (pytest-xdist, work stealing so neither waits idle at the end); compile time
+# dominates, so two halve the suite on 2 cores.
 PYTEST_WORKERS ?= 2
 # The real SemanticKITTI sample beside the checkout, when there is one (tests skip without it).
 export COARSE3D_SAMPLE_DIR ?= $(wildcard $(abspath ../shared/data/semantickitti_sample))
@@ -22,7 +23,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS) tests
 
 # Synthetic scans -> TFRecords at 0.1% labels -> train the demo config (ends with its per-class
 # table) -> benchmark-format predictions of the val split -> the official evaluation of those files.

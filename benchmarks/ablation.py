@@ -7,7 +7,8 @@
         --label_ratio 0.001 --protocol point
     python -m data_prep --dataset synthetic --raw_dir $D/raw --out_dir $D/full --label_ratio 1
     python benchmarks/ablation.py --data-dir $D/0.1 --data-dir-0.01 $D/0.01 \\
-        --point-data-dir $D/point --full-data-dir $D/full --workdir W [--steps 1200] [--dry-run]
+        --point-data-dir $D/point --full-data-dir $D/full --workdir W [--steps 1200] \
+        [--parallel 2] [--dry-run]
     python benchmarks/ablation.py --table-only [--steps 1200]
 
 Each run is `python -m coarse3d_jax.main --config configs/demo.py` with its variant's
@@ -42,6 +43,7 @@ benchmarks/results/tuning/, never into the reported table, and the data director
 must not be street 04; without --tuning it must be street 04.
 """
 import argparse
+import concurrent.futures
 import dataclasses
 import datetime
 import hashlib
@@ -49,6 +51,7 @@ import json
 import math
 import os
 import pathlib
+import queue
 import re
 import shlex
 import statistics
@@ -229,16 +232,27 @@ def git_commit() -> str:
   return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
+def pinned_to(cpus: set[int] | None):
+  """A subprocess preexec_fn that keeps the run on `cpus` (None: wherever the OS puts it)."""
+  if cpus is None:
+    return None
+  return lambda: os.sched_setaffinity(0, cpus)
+
+
 def run_once(run: Run, steps: int, flags: list[str], data_dir: str, workdir: str,
-             record_path: str, facts: dict) -> dict:
-  """Trains and evaluates one run, writes its record (atomically) and returns it."""
+             record_path: str, facts: dict, cpus: set[int] | None = None) -> dict:
+  """Trains and evaluates one run (on `cpus` only, when given), writes its record (atomically)
+  and returns it."""
   start = time.time()
-  subprocess.run(train_command(data_dir, workdir, flags), cwd=ROOT, check=True)
+  subprocess.run(train_command(data_dir, workdir, flags), cwd=ROOT, check=True,
+                 preexec_fn=pinned_to(cpus))
   results = read_json(os.path.join(workdir, "results.json"))
   record = {**dataclasses.asdict(run), "steps": steps, "step": results["step"],
             "miou": results["miou"], "per_class_iou": results["per_class_iou"],
             "accuracy": results.get("accuracy"), "contrast": results.get("contrast", {}),
-            "seconds": round(time.time() - start, 1), "flags": flags, "data": facts,
+            "seconds": round(time.time() - start, 1),
+            "cpus": len(cpus) if cpus else len(os.sched_getaffinity(0)),
+            "flags": flags, "data": facts,
             "commit": git_commit(), "machine": hardware.describe(),
             "date": datetime.date.today().isoformat()}
   files.atomic_write_json(record_path, record, indent=1)
@@ -382,6 +396,8 @@ def parse_args(argv):
   parser.add_argument("--steps", type=int, default=1200, help="training steps of each run")
   parser.add_argument("--override", action="append", default=[],
                       help="one more flag for every run, e.g. --override=--config.x=y")
+  parser.add_argument("--parallel", type=int, default=1,
+                      help="runs at a time, each pinned to its share of the CPUs")
   parser.add_argument("--tuning", action="store_true", help="runs on the tuning street")
   parser.add_argument("--dry-run", action="store_true", help="print the commands only")
   parser.add_argument("--table-only", action="store_true", help="tables from the records")
@@ -432,11 +448,37 @@ def sweep(args, jobs: list[dict]) -> None:
   facts = {d: data_facts(d) for d in {j["data_dir"] for j in pending}}
   for job in pending:
     check_data(facts[job["data_dir"]], job["run"], job["data_dir"], args.tuning)
-  for job in pending:
-    record = run_once(job["run"], args.steps, job["flags"], job["data_dir"], job["workdir"],
-                      job["record"], facts[job["data_dir"]])
+  groups = cpu_groups(args.parallel)
+  free = queue.Queue()
+  for group in groups:
+    free.put(group)
+
+  def run_job(job):
+    cpus = free.get()
+    try:
+      record = run_once(job["run"], args.steps, job["flags"], job["data_dir"], job["workdir"],
+                        job["record"], facts[job["data_dir"]], cpus)
+    finally:
+      free.put(cpus)
     print(json.dumps({k: record[k] for k in ("budget", "variant", "seed", "miou", "seconds")}),
           flush=True)
+
+  # In plan order, `parallel` at a time: a seed's paired runs train side by side.
+  with concurrent.futures.ThreadPoolExecutor(len(groups)) as pool:
+    for future in [pool.submit(run_job, job) for job in pending]:
+      future.result()
+
+
+def cpu_groups(parallel: int) -> list[set[int] | None]:
+  """The CPUs of each of `parallel` concurrent runs: this process's CPUs dealt out evenly
+  (one run: no pinning). Small convolutions scale poorly over threads on XLA:CPU, so two
+  one-core runs finish sooner than the same two runs one after the other on two cores."""
+  if parallel == 1:
+    return [None]
+  cpus = sorted(os.sched_getaffinity(0))
+  if parallel > len(cpus):
+    raise AblationError(f"--parallel {parallel}: this process may use {len(cpus)} CPUs")
+  return [set(cpus[i::parallel]) for i in range(parallel)]
 
 
 def main(argv=None) -> None:

@@ -36,3 +36,13 @@ def sample_dir() -> pathlib.Path:
     pytest.skip(f"COARSE3D_SAMPLE_DIR={path} holds no sequences/00/velodyne")
   return path
 
+
+
+# The longest single test starts first, so that the two test processes (make test: pytest-xdist,
+# work stealing) never wait on it at the end of the run. Whole modules move, so module fixtures
+# are still built once.
+_FIRST_MODULES = ("test_multiprocess.py",)
+
+
+def pytest_collection_modifyitems(items):
+  items.sort(key=lambda item: item.path.name not in _FIRST_MODULES)  # Stable: order kept.

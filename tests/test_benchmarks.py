@@ -130,6 +130,8 @@ class FakeTrainer:
   def __call__(self, command, **kwargs):
     assert kwargs["cwd"] == ablation.ROOT and kwargs["check"]
     self.commands.append(command)
+    if kwargs["preexec_fn"] is not None:
+      kwargs["preexec_fn"]()  # os.sched_setaffinity is patched: this records the pinning.
     workdir = command[command.index("--workdir") + 1]
     seed = int(next(a for a in command if a.startswith("--config.seed=")).split("=")[1])
     files.atomic_write_json(os.path.join(workdir, "results.json"), {
@@ -265,3 +267,28 @@ def test_a_variant_without_its_data_dir_is_refused(tmp_path, capsys):
   with pytest.raises(SystemExit):
     ablation.main(["--data-dir", "d", "--workdir", str(tmp_path), "--variants", "full"])
   assert "full runs only at the 0.1% budget" in capsys.readouterr().err
+
+
+def test_cpu_groups_deal_the_cpus_out_and_refuse_more_runs_than_cpus(monkeypatch):
+  monkeypatch.setattr(ablation.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+  assert ablation.cpu_groups(1) == [None]
+  assert ablation.cpu_groups(2) == [{0, 2}, {1, 3}]
+  assert ablation.cpu_groups(4) == [{0}, {1}, {2}, {3}]
+  with pytest.raises(ablation.AblationError, match="may use 4 CPUs"):
+    ablation.cpu_groups(5)
+
+
+def test_parallel_runs_are_pinned_apart_and_all_recorded(tmp_path, trainer, monkeypatch):
+  pinned = []
+  monkeypatch.setattr(ablation.os, "sched_getaffinity", lambda pid: {0, 1})
+  monkeypatch.setattr(ablation.os, "sched_setaffinity", lambda pid, cpus: pinned.append(cpus))
+  data = _data_dir(tmp_path, "d")
+  ablation.main(_args(tmp_path, data, "--variants", "weak,coarse3d", "--seeds", "0,1",
+                      "--parallel", "2"))
+  assert sorted(map(sorted, pinned)) == [[0], [0], [1], [1]]
+  names = sorted(os.listdir(tmp_path / "results"))
+  assert names == [f"0.1pct_{v}_seed{s}_1200steps.json" for v in ("coarse3d", "weak")
+                   for s in (0, 1)]
+  for name in names:
+    record = json.loads((tmp_path / "results" / name).read_text())
+    assert record["cpus"] == 1 and record["miou"] == 0.25 + record["seed"] / 100
