@@ -454,6 +454,11 @@ def sweep(args, jobs: list[dict]) -> None:
     free.put(group)
 
   def run_job(job):
+    # Another sweep may have finished this run since this one started; running it again would
+    # only re-evaluate its last checkpoint and replace the record's diagnostics and time.
+    if load_record(job["record"], job["flags"]) is not None:
+      print(f"# recorded meanwhile: {job['record']}", flush=True)
+      return
     cpus = free.get()
     try:
       record = run_once(job["run"], args.steps, job["flags"], job["data_dir"], job["workdir"],

@@ -301,3 +301,21 @@ def test_parallel_runs_are_pinned_apart_and_all_recorded(tmp_path, trainer, monk
   for name in names:
     record = json.loads((tmp_path / "results" / name).read_text())
     assert record["cpus"] == 1 and record["miou"] == 0.25 + record["seed"] / 100
+
+
+def test_a_run_recorded_meanwhile_by_another_sweep_is_not_run_again(tmp_path, trainer):
+  data = _data_dir(tmp_path, "d")
+  other = tmp_path / "results" / "0.1pct_coarse3d_seed0_1200steps.json"
+  original = trainer.__call__
+
+  def first_run_and_another_sweep(command, **kwargs):
+    original(command, **kwargs)
+    if not other.exists():  # Meanwhile another sweep records the next run.
+      files.atomic_write_json(str(other), {
+          "budget": "0.1", "variant": "coarse3d", "seed": 0, "steps": STEPS, "miou": 0.5,
+          "flags": ablation.run_flags(ablation.Run("0.1", "coarse3d", 0), STEPS, [])})
+
+  ablation.subprocess.run = first_run_and_another_sweep  # The fixture's monkeypatch undoes it.
+  ablation.main(_args(tmp_path, data, "--variants", "weak,coarse3d", "--seeds", "0"))
+  assert len(trainer.commands) == 1 and "--config.contrast.enabled=false" in trainer.commands[0]
+  assert json.loads(other.read_text())["miou"] == 0.5
