@@ -7,7 +7,7 @@
         --label_ratio 0.001 --protocol point
     python -m data_prep --dataset synthetic --raw_dir $D/raw --out_dir $D/full --label_ratio 1
     python benchmarks/ablation.py --data-dir $D/0.1 --data-dir-0.01 $D/0.01 \\
-        --point-data-dir $D/point --full-data-dir $D/full --workdir W [--steps 1200] \
+        --point-data-dir $D/point --full-data-dir $D/full --workdir W [--steps 1200] \\
         [--parallel 2] [--dry-run]
     python benchmarks/ablation.py --table-only [--steps 1200]
 
@@ -476,8 +476,8 @@ def sweep(args, jobs: list[dict]) -> None:
 
 def cpu_groups(parallel: int) -> list[set[int] | None]:
   """The CPUs of each of `parallel` concurrent runs: this process's CPUs dealt out evenly
-  (one run: no pinning). Small convolutions scale poorly over threads on XLA:CPU, so two
-  one-core runs finish sooner than the same two runs one after the other on two cores."""
+  (one run: no pinning). On 2 cores two pinned one-core runs of the demo did ~10% more work
+  than one run on both (docs/ablation.md), and a seed's pair finishes together."""
   if parallel == 1:
     return [None]
   cpus = sorted(os.sched_getaffinity(0))

@@ -37,7 +37,6 @@ def sample_dir() -> pathlib.Path:
   return path
 
 
-
 # The longest single test starts first, so that the two test processes (make test: pytest-xdist,
 # work stealing) never wait on it at the end of the run. Whole modules move, so module fixtures
 # are still built once.
