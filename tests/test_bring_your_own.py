@@ -501,11 +501,12 @@ def rooftop_run(tmp_path_factory):
   rc, log = run_cli("--dataset", "custom", "--dataset_config", config_path, "--raw_dir", raw,
                     "--out_dir", base / "tfds", "--label_ratio", "0.05", "--protocol", "point")
   assert rc == 0, log
+  # No training diagnostics (test_train checks them): their program would double the compile.
   config = tiny_data.tiny_config(str(base / "tfds"), dataset="rooftop", num_train_steps=8,
                                  num_epochs=8, eval_every_steps=8, checkpoint_every_steps=8,
                                  max_points=32 * 512, max_labeled_pixels=512,
                                  train_crop_width=128, normalization="reference",
-                                 **{"optimizer.lr": 0.05})
+                                 **{"optimizer.lr": 0.05, "contrast.diagnostics": False})
   config.eval.num_pictures = 0
   results = train.train_and_evaluate(config, str(base / "work"))
   return raw, config_path, base / "tfds", base / "work", results
