@@ -9,7 +9,10 @@ import pytest
 
 from benchmarks import ablation
 from coarse3d_jax import files
+from coarse3d_jax.data import datasets
 from coarse3d_jax.data import readers
+from configs import default
+from configs import demo
 
 STEPS = 1200
 
@@ -250,6 +253,17 @@ def test_dry_run_prints_the_plans_commands_with_their_overrides_and_data(
     assert all(o in _line(lines, f"0.1pct/{variant}_seed0_1200steps") for o in spec.overrides)
   seeds = [int(l.split("--config.seed=")[1].split()[0]) for l in lines[1:]]
   assert seeds == sorted(seeds)  # Seed-major: an interrupted sweep has every row equally far.
+
+
+def test_pixel_memory_holds_as_many_steps_of_labels_as_the_seeds():
+  """The variant's memory is the seed's 5,000 per class scaled by labeled pixels per step: the
+  demo's crops and batch against the reference recipe's full SemanticKITTI scans."""
+  run, recipe = demo.get_config(), default.get_config()
+  ratio = (run.batch_size * run.train_crop_width) / (
+      recipe.batch_size * datasets.get_info(recipe.dataset).width)
+  assert ratio == 1 / 16 and recipe.contrast.pixel_memory_size == 5000
+  sizes = [o for o in ablation.VARIANTS["pixel_memory"].overrides if "pixel_memory_size" in o]
+  assert sizes == [f"--config.contrast.pixel_memory_size={int(5000 * ratio)}"]
 
 
 def test_dry_run_steps_and_extra_overrides(tmp_path, capsys):
