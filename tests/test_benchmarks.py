@@ -263,7 +263,8 @@ def test_pixel_memory_holds_as_many_steps_of_labels_as_the_seeds():
       recipe.batch_size * datasets.get_info(recipe.dataset).width)
   assert ratio == 1 / 16 and recipe.contrast.pixel_memory_size == 5000
   sizes = [o for o in ablation.VARIANTS["pixel_memory"].overrides if "pixel_memory_size" in o]
-  assert sizes == [f"--config.contrast.pixel_memory_size={int(5000 * ratio)}"]
+  assert sizes == [f"--config.contrast.pixel_memory_size="
+                   f"{int(recipe.contrast.pixel_memory_size * ratio)}"]
 
 
 def test_dry_run_steps_and_extra_overrides(tmp_path, capsys):

@@ -124,13 +124,13 @@ def test_run_resumed_from_a_mid_run_checkpoint_ends_identical(full_run, data_dir
   uninterrupted run's own (the same save; the two-process test kills real processes), resumed
   in a fresh workdir: the same scalars from step 7 on and, bit for bit, the same final state."""
   workdir, _, reference = full_run
-  resumed = tmp_path / "resumed"
+  config, resumed = tiny_config(data_dir), str(tmp_path / "resumed")
   step_6 = os.path.join("checkpoints", "latest", "6")
-  shutil.copytree(os.path.join(workdir, step_6), resumed / step_6)
-  train.train_and_evaluate(tiny_config(data_dir), str(resumed))
+  shutil.copytree(os.path.join(workdir, step_6), os.path.join(resumed, step_6))
+  train.train_and_evaluate(config, resumed)
   for tag in ("train/loss", "train/contrast", "contrast/bank_drift"):  # Logged every step.
-    assert _tb_scalars(str(resumed), tag) == _tb_scalars(workdir, tag)[-6:], tag  # Steps 7-12.
-  state = _restore(tiny_config(data_dir), str(resumed))
+    assert _tb_scalars(resumed, tag) == _tb_scalars(workdir, tag)[-6:], tag  # Steps 7-12.
+  state = _restore(config, resumed)
   for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
